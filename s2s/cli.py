@@ -1,0 +1,133 @@
+"""The ``s2s`` command: one subcommand per stage, each a thin door to one library function.
+
+Settings come from the config dataclasses: defaults < ``--config FILE`` < flags < ``key=value``.
+Every field of a stage's config is also a flag (``vocab_size`` -> ``--vocab-size``). A user error
+(bad setting, missing input, unreachable bucket) prints one line naming it and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+
+from s2s import storage
+from s2s.config import ConfigError, PrepareConfig, apply_overrides, from_dict, load_config
+from s2s.manifest import ManifestError
+
+__all__ = ["main"]
+
+# Friendlier singular flags for list fields, and short names.
+_PREPARE_ALIASES = {
+    "inputs": "input",
+    "src_files": "src-file",
+    "tgt_files": "tgt-file",
+    "input_format": "format",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + aliases.get(f.name, f.name.replace("_", "-"))
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None)
+        elif typing.get_origin(hints[f.name]) is list:
+            parser.add_argument(flag, dest=f.name, action="append", metavar="URI")
+        else:
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper())
+    parser.add_argument("--config", help="YAML file of settings (keys as the flags, with _)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, last word")
+
+
+def _config_from_args(cls: type, args: argparse.Namespace):
+    cfg = load_config(cls, args.config)
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    merged = {**dataclasses.asdict(cfg), **given}
+    return apply_overrides(from_dict(cls, merged), args.overrides)
+
+
+def _cmd_gettext(args: argparse.Namespace) -> None:
+    from s2s.gettext import build_corpus
+
+    pairs, stats = build_corpus(args.lang, args.locale_dir, args.max_chars)
+    if not pairs:
+        raise ConfigError(f"no {args.lang!r} catalogs with translations under {args.locale_dir}")
+    body = "".join(f"{src}\t{tgt}\n" for src, tgt in pairs).encode()
+    storage.write_bytes(args.output, body)
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items()))
+    print(f"{args.output}: {stats.pairs} pairs from {stats.catalogs} catalogs ({dropped} dropped)")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from s2s.prepare import prepare_corpus
+
+    result = prepare_corpus(_config_from_args(PrepareConfig, args))
+    print(format_prepare_summary(result.manifest, result.output))
+
+
+def format_prepare_summary(manifest: dict, output: str) -> str:
+    """One screen: where every line went, lengths, tokenizer, shards, speed."""
+    counts, run = manifest["counts"], manifest["run"]
+    lines = [
+        f"prepared {output}",
+        f"  read     {counts['read']:,} records from {len(manifest['read_units'])} inputs "
+        f"in {run['seconds']:.1f} s ({run['pairs_per_s']:,.0f} records/s)",
+        "  kept     " + " | ".join(f"{k} {v:,}" for k, v in counts["kept"].items()),
+        f"  dropped  {sum(counts['dropped'].values()):,}",
+    ]
+    for reason, n in counts["dropped"].items():
+        where = ", ".join(manifest["dropped_samples"].get(reason, [])[:2])
+        lines.append(f"    {reason:<15} {n:>9,}  e.g. {where}")
+    for split, sides in manifest["lengths"].items():
+        desc = "; ".join(
+            f"{side} mean {s['mean']} p95 {s['p95']} max {s['max']}" for side, s in sides.items()
+        )
+        lines.append(f"  tokens   {split}: {desc}")
+    tok = manifest["tokenizer"]
+    lines.append(f"  vocab    {tok['type']} {tok['vocab_size']:,} ({tok['source']})")
+    for split, shards in manifest["shards"].items():
+        size = sum(s["bytes"] for s in shards) / 1e6
+        lines.append(f"  shards   {split}: {len(shards)} files, {size:.1f} MB")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2s", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="build a corpus").add_subparsers(
+        dest="kind", required=True
+    )
+    gettext = corpus.add_parser("gettext", help="en->LANG pairs from this machine's .mo catalogs")
+    gettext.add_argument("--lang", required=True, help="target language, e.g. de, fr, pt_BR")
+    gettext.add_argument("--output", required=True, help="TSV file to write (local or s3://)")
+    gettext.add_argument("--locale-dir", default="/usr/share/locale")
+    gettext.add_argument("--max-chars", type=int, default=500)
+    gettext.set_defaults(func=_cmd_gettext)
+
+    prepare = sub.add_parser("prepare", help="raw parallel text -> tokenized Parquet shards")
+    _add_config_flags(prepare, PrepareConfig, _PREPARE_ALIASES)
+    prepare.set_defaults(func=_cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ConfigError, storage.StorageError, ManifestError) as err:
+        print(f"s2s: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

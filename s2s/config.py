@@ -1,0 +1,244 @@
+"""Typed configs for every stage, loadable from YAML and overridable as ``key=value``.
+
+The dataclasses hold the defaults; a YAML file states only what differs; ``key=value`` arguments
+override both. An unknown key, a value of the wrong type or a value outside a fixed set of choices
+raises :class:`ConfigError` naming the key (and the closest valid key or the valid choices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+__all__ = ["ConfigError", "PrepareConfig", "load_config", "apply_overrides", "from_dict"]
+
+
+class ConfigError(ValueError):
+    """A user-supplied setting is unknown, mistyped or inconsistent; the message says which."""
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of ``s2s prepare``: raw parallel text in, tokenized Parquet shards out."""
+
+    # Inputs: files, directories or globs, local or s3://. Each pair of `src_files`/`tgt_files`
+    # is one aligned plain-text corpus (line i of one translates line i of the other).
+    inputs: list[str] = field(default_factory=list)
+    src_files: list[str] = field(default_factory=list)
+    tgt_files: list[str] = field(default_factory=list)
+    # Explicit evaluation sets; when given they replace hash carving for that split.
+    valid: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    output: str = ""
+    overwrite: bool = False
+
+    # Formats: "auto" decides by file extension (.tsv/.txt, .jsonl/.json, .parquet; .gz etc. ok).
+    input_format: Literal["auto", "tsv", "jsonl", "parquet"] = "auto"
+    src_column: str = "src"  # JSONL key / Parquet column of the source side
+    tgt_column: str = "tgt"
+
+    # Filters. Lengths are SentencePiece tokens without bos/eos.
+    max_len: int = 250
+    max_ratio: float = 3.0
+    # Pairs whose longer side is shorter than this are exempt from the ratio filter: in subword
+    # tokens "Permission denied" -> "Berechtigung verweigert" is 2:7, and a fine pair.
+    ratio_min_tokens: int = 10
+    # A line longer than this (bytes) is dropped unread: it is no sentence, and bounds memory.
+    max_line_bytes: int = 65536
+
+    # Tokenizer: reuse an existing SentencePiece model, or train a joint one on a sample.
+    tokenizer: str | None = None
+    vocab_size: int = 8000
+    tokenizer_type: Literal["unigram", "bpe"] = "unigram"
+    # Below 1.0 the rarest characters fall back to UTF-8 byte pieces (byte_fallback is on).
+    character_coverage: float = 0.9995
+    tokenizer_sample: int = 200_000  # pairs; bounds the trainer's memory whatever the corpus
+
+    # Splits carved by a hash of the normalised source: a value >= 1 is a number of distinct
+    # source sentences, a value < 1 a fraction of them.
+    valid_size: float = 2000
+    test_size: float = 2000
+    split_seed: str = "s2s-split-v1"
+
+    # Output shards hold at most this many pairs (about 2-4 MB of zstd Parquet for UI strings).
+    shard_rows: int = 200_000
+    read_block_rows: int = 32768  # rows per block produced by the readers
+
+    def validate(self) -> None:
+        """Check cross-field consistency.
+
+        Raises:
+            ConfigError: naming the offending setting and what to change.
+        """
+        if not (self.inputs or self.src_files):
+            raise ConfigError("prepare needs input: give --input URI or --src-file/--tgt-file")
+        if not self.output:
+            raise ConfigError("prepare needs --output URI")
+        if len(self.src_files) != len(self.tgt_files):
+            raise ConfigError(
+                f"src_files ({len(self.src_files)}) and tgt_files ({len(self.tgt_files)}) "
+                "must pair up one to one"
+            )
+        for key in ("max_len", "ratio_min_tokens", "max_line_bytes", "shard_rows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_ratio < 1:
+            raise ConfigError(f"max_ratio must be >= 1, got {self.max_ratio}")
+        if self.tokenizer is None and self.vocab_size < 300:
+            raise ConfigError(
+                f"vocab_size={self.vocab_size} is too small: 260 ids are reserved for "
+                "specials and byte fallback; use >= 300"
+            )
+        for key in ("valid_size", "test_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.character_coverage <= 1:
+            raise ConfigError(
+                f"character_coverage must be in (0, 1], got {self.character_coverage}"
+            )
+
+
+C = TypeVar("C")
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build dataclass ``cls`` from a plain dict, coercing each value to its field's type.
+
+    Args:
+        cls: the config dataclass.
+        data: keys are field names; nested dataclass fields take nested dicts.
+        where: prefix of the keys, for error messages of nested configs.
+
+    Raises:
+        ConfigError: for an unknown key or a value that does not fit the field's type.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(_unknown_key_message(where + key, key, names))
+        kwargs[key] = _coerce(value, hints[key], where + key)
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: C, overrides: list[str]) -> C:
+    """Return a copy of ``cfg`` with ``key=value`` overrides applied (dotted keys for nesting).
+
+    Values are parsed as YAML scalars or lists (``vocab_size=8000``, ``inputs=[a.tsv,b.tsv]``)
+    and then coerced to the field's type.
+
+    Raises:
+        ConfigError: for a malformed override, an unknown key or a badly typed value.
+    """
+    cfg = dataclasses.replace(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.strip().split(".")
+        target = cfg
+        for part in parents:
+            target = _get_field(target, part, key)
+        names = [f.name for f in dataclasses.fields(target)]
+        if leaf not in names:
+            raise ConfigError(_unknown_key_message(key, leaf, names))
+        hint = typing.get_type_hints(type(target))[leaf]
+        setattr(target, leaf, _coerce(_parse_scalar(raw), hint, key))
+    return cfg
+
+
+def load_config(cls: type[C], path: str | None = None, overrides: list[str] | None = None) -> C:
+    """Defaults of ``cls`` <- YAML file at ``path`` <- ``key=value`` overrides."""
+    cfg = cls()
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value")
+        cfg = from_dict(cls, data)
+    return apply_overrides(cfg, overrides or [])
+
+
+def _get_field(obj: Any, name: str, full_key: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"{full_key}: {name!r} is not a section")
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        raise ConfigError(_unknown_key_message(full_key, name, names))
+    return getattr(obj, name)
+
+
+def _unknown_key_message(full_key: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+    return f"unknown config key {full_key!r}{hint}"
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Coerce ``value`` to the annotated type ``hint`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return from_dict(hint, value, where=key + ".")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if hint is int:
+            if not number.is_integer():
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            return int(number)
+        return number
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value

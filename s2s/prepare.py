@@ -1,0 +1,329 @@
+"""Stage 1, ``s2s prepare``: raw parallel text -> tokenized Parquet shards + tokenizer + manifest.
+
+The Ray Data pipeline, as two streaming passes over the inputs::
+
+    scan (only when needed):  read -> clean -> sketch  ==> tokenizer sample, split thresholds
+    main:  read -> clean -> de-duplicate (one actor) -> tokenize, filter, write shards ==> stats
+
+Both passes stream: memory is bounded by the blocks in flight, the sketch, and the de-duplication
+index (8 bytes per distinct pair). Every function called per block is Ray-free and lives in the
+noun modules (:mod:`s2s.corpus`, :mod:`s2s.filters`, :mod:`s2s.shards`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from s2s import __version__, storage
+from s2s.config import ConfigError, PrepareConfig
+from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
+from s2s.filters import DedupIndex, SplitPlan, clean_records, mark_duplicates, tokenize_records
+from s2s.manifest import FORMAT_VERSION, MANIFEST_NAME, PrepareStats, write_manifest
+from s2s.shards import write_shards
+from s2s.sketch import CorpusSketch
+from s2s.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
+
+__all__ = ["prepare_corpus", "PrepareResult", "plan_inputs"]
+
+logger = logging.getLogger(__name__)
+TOKENIZER_NAME = "tokenizer.model"
+
+
+@dataclass
+class PrepareResult:
+    output: str
+    manifest: dict
+    seconds: float
+
+
+def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
+    """Run the prepare pipeline on the current Ray cluster (starting a local one if none).
+
+    Raises:
+        ConfigError, StorageError: before any heavy work, for bad settings, missing inputs or an
+            unwritable output; also when no pair survives the filters.
+    """
+    start = time.perf_counter()
+    cfg.validate()
+    units, files = plan_inputs(cfg)
+    _check_output(cfg)
+    proto = storage.read_bytes(cfg.tokenizer) if cfg.tokenizer else None
+    if proto is not None:
+        Tokenizer(proto, name=cfg.tokenizer)  # fail now on a bad or incompatible model
+    _init_ray()
+
+    sketch = _scan(units, cfg) if _needs_scan(cfg, units) else None
+    plan = _split_plan(cfg, sketch)
+    if proto is None:
+        logger.info(
+            "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
+        )
+        proto = ray.get(
+            _train_remote.remote(
+                sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
+            )
+        )
+    if cfg.overwrite:
+        for split in ("train", "valid", "test"):
+            storage.remove_tree(storage.join(cfg.output, split))
+
+    stats = _main_pass(units, cfg, plan, proto)
+    if stats.read == 0:
+        raise ConfigError(f"the inputs hold no lines: {', '.join(u.name for u in units)}")
+    if sum(stats.kept.values()) == 0:
+        raise ConfigError(f"no pair survived the filters; dropped: {stats.dropped}")
+    storage.write_bytes(storage.join(cfg.output, TOKENIZER_NAME), proto)
+    seconds = time.perf_counter() - start
+    manifest = _manifest(cfg, units, files, plan, sketch, Tokenizer(proto), stats, seconds)
+    write_manifest(cfg.output, manifest)
+    return PrepareResult(cfg.output, manifest, seconds)
+
+
+def plan_inputs(cfg: PrepareConfig) -> tuple[list[ReadUnit], list[storage.FileRef]]:
+    """Resolve every input to read units, checking existence, emptiness, format and columns.
+
+    Raises:
+        StorageError: an input is missing, empty or unreachable.
+        ConfigError: an input's format cannot be told, a Parquet column is missing, or a file is
+            listed twice.
+    """
+    units: list[ReadUnit] = []
+    files: list[storage.FileRef] = []
+    for role, uris in (("train", cfg.inputs), ("valid", cfg.valid), ("test", cfg.test)):
+        for ref in storage.check_inputs(uris):
+            fmt = cfg.input_format if cfg.input_format != "auto" else detect_format(ref.uri)
+            if fmt == "parquet":
+                check_parquet_columns(ref.uri, cfg.src_column, cfg.tgt_column)
+            units.append(ReadUnit(len(units), (ref.uri,), fmt, role))
+            files.append(ref)
+    for src_uri, tgt_uri in zip(cfg.src_files, cfg.tgt_files):
+        src_refs, tgt_refs = storage.check_inputs([src_uri]), storage.check_inputs([tgt_uri])
+        if len(src_refs) != len(tgt_refs):
+            raise ConfigError(
+                f"{src_uri} names {len(src_refs)} files but {tgt_uri} names {len(tgt_refs)}"
+            )
+        for src, tgt in zip(src_refs, tgt_refs):
+            units.append(ReadUnit(len(units), (src.uri, tgt.uri), "text", "train"))
+            files.extend([src, tgt])
+    seen: set[str] = set()
+    for ref in files:
+        if ref.size == 0:
+            raise storage.StorageError(f"{ref.uri}: input is empty")
+        if ref.uri in seen:
+            raise ConfigError(f"{ref.uri} is listed twice among the inputs")
+        seen.add(ref.uri)
+    return units, files
+
+
+def _check_output(cfg: PrepareConfig) -> None:
+    storage.check_output(cfg.output)
+    manifest = storage.join(cfg.output, MANIFEST_NAME)
+    if not cfg.overwrite and (storage.exists(manifest) or storage.expand(cfg.output)):
+        raise ConfigError(f"{cfg.output} is not empty; pass --overwrite to replace its corpus")
+    if cfg.tokenizer and not storage.exists(cfg.tokenizer):
+        raise storage.StorageError(f"{cfg.tokenizer}: tokenizer model not found")
+
+
+def _init_ray() -> None:
+    # With no address this starts an embedded local cluster; under `ray job submit` or with
+    # RAY_ADDRESS set it joins that cluster.
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+
+
+class _CorpusDatasource(Datasource):
+    """One read task per read unit; each streams blocks of records (see :func:`read_unit`)."""
+
+    def __init__(self, units: list[ReadUnit], cfg: PrepareConfig) -> None:
+        super().__init__()
+        self._units = units
+        self._read = functools.partial(
+            read_unit,
+            src_column=cfg.src_column,
+            tgt_column=cfg.tgt_column,
+            max_line_bytes=cfg.max_line_bytes,
+            block_rows=cfg.read_block_rows,
+        )
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+        return [
+            ReadTask(
+                functools.partial(self._read, unit),
+                BlockMetadata(
+                    num_rows=None, size_bytes=None, exec_stats=None, input_files=unit.uris
+                ),
+            )
+            for unit in self._units
+        ]
+
+
+def _cleaned(units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan) -> ray.data.Dataset:
+    roles = [u.role for u in units]
+    return ray.data.read_datasource(_CorpusDatasource(units, cfg)).map_batches(
+        clean_records, fn_kwargs={"plan": plan, "roles": roles}, batch_format="pyarrow"
+    )
+
+
+def _needs_scan(cfg: PrepareConfig, units: list[ReadUnit]) -> bool:
+    counted = any(size >= 1 for size in _carved_sizes(cfg))
+    return cfg.tokenizer is None or counted or any(u.role != "train" for u in units)
+
+
+def _carved_sizes(cfg: PrepareConfig) -> tuple[float, float]:
+    """(valid, test) sizes carved by hash; an explicit input replaces carving for its split."""
+    return (0 if cfg.valid else cfg.valid_size, 0 if cfg.test else cfg.test_size)
+
+
+def _sketch_block(records: pa.Table, roles: list[str], sample_size: int, key_count: int):
+    return CorpusSketch.of_records(records, roles, sample_size, key_count).to_table()
+
+
+def _scan(units: list[ReadUnit], cfg: PrepareConfig) -> CorpusSketch:
+    valid, test = _carved_sizes(cfg)
+    key_count = int(valid if valid >= 1 else 0) + int(test if test >= 1 else 0) + 1
+    sample_size = cfg.tokenizer_sample if cfg.tokenizer is None else 0
+    sketches = _cleaned(units, cfg, SplitPlan(cfg.split_seed)).map_batches(
+        _sketch_block,
+        fn_kwargs={
+            "roles": [u.role for u in units],
+            "sample_size": sample_size,
+            "key_count": key_count,
+        },
+        batch_format="pyarrow",
+    )
+    total = CorpusSketch(sample_size, key_count)
+    for row in sketches.iter_rows():
+        total.merge(CorpusSketch.from_row(row))
+    return total
+
+
+def _split_plan(cfg: PrepareConfig, sketch: CorpusSketch | None) -> SplitPlan:
+    valid, test = _carved_sizes(cfg)
+    eval_keys = sketch.eval_keys if sketch is not None else None
+    if valid < 1 and test < 1:
+        return SplitPlan.from_fractions(cfg.split_seed, valid, test, eval_keys)
+    if 0 < valid < 1 or 0 < test < 1:
+        raise ConfigError(
+            "give valid_size and test_size both as counts (>= 1) or both as fractions"
+        )
+    keys = sketch.train_keys  # the smallest distinct source-key hashes, sorted
+    n_test, n_valid = int(test), int(valid)
+    if n_test + n_valid >= len(keys):
+        raise ConfigError(
+            f"valid_size + test_size = {n_valid + n_test} distinct sources leave no training "
+            f"data (the training inputs hold {len(keys)} or fewer); lower them or use fractions"
+        )
+    # Sources whose key hash is below keys[n] are exactly the n smallest keys.
+    return SplitPlan(cfg.split_seed, int(keys[n_test]), int(keys[n_test + n_valid]), eval_keys)
+
+
+@ray.remote(num_cpus=1)
+def _train_remote(sentences: list[str], vocab_size: int, model_type: str, coverage: float) -> bytes:
+    return train_tokenizer(sentences, vocab_size, model_type, coverage)
+
+
+class _Deduplicate:
+    """The one stateful step: a single actor sees every pair hash, so duplicates across files and
+    blocks are found exactly. It does little per row (vectorized set probes), hence 0 CPUs."""
+
+    def __init__(self) -> None:
+        self.index = DedupIndex()
+
+    def __call__(self, records: pa.Table) -> pa.Table:
+        return mark_duplicates(records, self.index)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(proto: bytes) -> Tokenizer:
+    return Tokenizer(proto)
+
+
+def _tokenize_and_write(records: pa.Table, proto: bytes, cfg: PrepareConfig, unit_names: list[str]):
+    records = tokenize_records(
+        records, _tokenizer(proto), cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens
+    )
+    shards = write_shards(records, cfg.output)
+    return pa.table({"stats": [PrepareStats.from_records(records, unit_names, shards).to_json()]})
+
+
+def _main_pass(
+    units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan, proto: bytes
+) -> PrepareStats:
+    outputs = (
+        _cleaned(units, cfg, plan)
+        .map_batches(
+            _Deduplicate,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0,
+            batch_format="pyarrow",
+        )
+        .map_batches(
+            _tokenize_and_write,
+            fn_kwargs={"proto": proto, "cfg": cfg, "unit_names": [u.name for u in units]},
+            batch_size=cfg.shard_rows,
+            batch_format="pyarrow",
+        )
+    )
+    stats = PrepareStats()
+    for row in outputs.iter_rows():
+        stats.merge(PrepareStats.from_json(row["stats"]))
+    return stats
+
+
+def _manifest(cfg, units, files, plan, sketch, tokenizer, stats, seconds) -> dict:
+    kept = sum(stats.kept.values())
+    shards = {split: [s for s in stats.shards if s["split"] == split] for split in stats.kept}
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"s2s {__version__}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": {
+            "file": TOKENIZER_NAME,
+            "vocab_size": tokenizer.vocab_size,
+            "type": cfg.tokenizer_type,
+            "source": cfg.tokenizer or f"trained on {len(sketch.sample_src)} sampled pairs",
+        },
+        "special_ids": SPECIAL_IDS,
+        "counts": stats.counts(),
+        "dropped_samples": stats.samples,
+        "lengths": stats.length_summary(),
+        "shards": {
+            split: sorted(items, key=lambda s: s["path"]) for split, items in shards.items()
+        },
+        "filters": {
+            "normalization": "NFC; control characters removed; whitespace collapsed",
+            "max_len": cfg.max_len,
+            "max_ratio": cfg.max_ratio,
+            "ratio_min_tokens": cfg.ratio_min_tokens,
+            "max_line_bytes": cfg.max_line_bytes,
+            "dedup": "exact (source, target) pairs across all inputs",
+        },
+        "splits": {
+            "method": "hash of the normalised source",
+            "seed": cfg.split_seed,
+            "valid": cfg.valid or cfg.valid_size,
+            "test": cfg.test or cfg.test_size,
+            "test_below": str(plan.test_below),
+            "valid_below": str(plan.valid_below),
+        },
+        "inputs": [{"uri": f.uri, "bytes": f.size, "mtime_ns": f.mtime_ns} for f in files],
+        "read_units": [{"uris": list(u.uris), "format": u.fmt, "role": u.role} for u in units],
+        "run": {
+            "seconds": round(seconds, 2),
+            "pairs_per_s": round(stats.read / seconds, 1),
+            "kept": kept,
+        },
+        "config": dataclasses.asdict(cfg),
+    }

@@ -1,0 +1,123 @@
+"""SentencePiece: train one joint source+target vocabulary, load it, encode and decode batches.
+
+The special ids are part of the prepared-corpus contract (shared/DESIGN.md): pad 0, unk 1, bos 2,
+eos 3. Byte fallback is on, so any text round-trips: a character the vocabulary lacks is spelled
+as UTF-8 byte pieces instead of becoming ``<unk>``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import sentencepiece as spm
+
+from s2s.config import ConfigError
+
+__all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "SPECIAL_IDS", "train_tokenizer", "Tokenizer"]
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+
+
+def train_tokenizer(
+    sentences: Iterable[str],
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 0.9995,
+    num_threads: int | None = None,
+) -> bytes:
+    """Train a SentencePiece model on ``sentences`` (a sample: all of it is held in memory).
+
+    The vocabulary size is a soft limit for the unigram model, so a small corpus yields a smaller
+    vocabulary instead of an error; the model's own ``vocab_size`` tells what came out.
+
+    Returns:
+        The serialized model (the bytes of a ``.model`` file).
+
+    Raises:
+        ConfigError: when SentencePiece rejects the settings (e.g. a BPE vocabulary larger than
+            the sample supports), with its reason.
+    """
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            byte_fallback=True,
+            # Text is NFC-normalised and whitespace-collapsed before it gets here; "identity"
+            # keeps SentencePiece from changing it again (NFKC would break the round trip).
+            normalization_rule_name="identity",
+            split_digits=True,
+            hard_vocab_limit=model_type != "unigram",
+            input_sentence_size=0,  # the caller already sampled
+            max_sentence_length=1 << 16,
+            num_threads=num_threads or os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        raise ConfigError(f"SentencePiece training failed: {err}; adjust vocab_size") from None
+    return model.getvalue()
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with batch encoding into Arrow list columns."""
+
+    def __init__(self, model_proto: bytes, name: str = "tokenizer") -> None:
+        """Load a serialized model and check its special ids.
+
+        Raises:
+            ConfigError: if ``model_proto`` is no SentencePiece model or its special ids differ
+                from pad 0, unk 1, bos 2, eos 3.
+        """
+        self.model_proto = model_proto
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(model_proto)
+        except (RuntimeError, OSError, TypeError) as err:
+            raise ConfigError(f"{name}: not a SentencePiece model ({err})") from None
+        found = {
+            "pad": self._sp.pad_id(),
+            "unk": self._sp.unk_id(),
+            "bos": self._sp.bos_id(),
+            "eos": self._sp.eos_id(),
+        }
+        if found != SPECIAL_IDS:
+            raise ConfigError(
+                f"{name}: special ids {found} differ from the required {SPECIAL_IDS}; retrain "
+                "with pad_id=0 unk_id=1 bos_id=2 eos_id=3"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self._sp.decode(ids)
+
+    def encode_arrow(self, texts: list[str]) -> tuple[pa.ListArray, np.ndarray]:
+        """Encode a batch into an Arrow ``list<int32>`` column without per-token Python objects.
+
+        Returns:
+            (ids, lengths): ids is (N,) list<int32> without bos/eos; lengths is (N,) int32.
+        """
+        pieces = self._sp.encode(texts, out_type=int)
+        lengths = np.fromiter(map(len, pieces), np.int32, count=len(pieces))
+        offsets = np.zeros(len(pieces) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1]))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), lengths

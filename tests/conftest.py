@@ -1,0 +1,84 @@
+"""Session fixtures: a real S3 endpoint over HTTP (moto's server on 127.0.0.1), one local Ray
+runtime, and a small real corpus from this machine's gettext catalogs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from s2s.gettext import build_corpus
+
+GETTEXT_LOCALE_DIR = "/usr/share/locale"
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's standalone S3 server; env set so boto3, pyarrow and Ray workers all use it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A fresh bucket; returns its ``s3://`` URI."""
+    import boto3
+
+    name = f"s2s-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One local Ray runtime for the session (started after the S3 env, which workers inherit)."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    context = DataContext.get_current()
+    context.execution_options.verbose_progress = False
+    context.enable_progress_bars = False
+    context.execution_no_progress_timeout_s = 120  # a hang fails the test instead of waiting 30 min
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gettext_pairs() -> list[tuple[str, str]]:
+    """Real en->de pairs from the machine's catalogs (skips where there are none)."""
+    if not list(Path(GETTEXT_LOCALE_DIR).glob("de/LC_MESSAGES/*.mo")):
+        pytest.skip(f"no German gettext catalogs under {GETTEXT_LOCALE_DIR}")
+    pairs, _ = build_corpus("de", GETTEXT_LOCALE_DIR)
+    return pairs

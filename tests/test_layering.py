@@ -1,0 +1,44 @@
+"""STYLE.md principle 1: only stage modules (verbs) import ray; no module imports a later stage."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "s2s"
+STAGES = ["prepare", "train", "translate", "evaluate"]  # in pipeline order
+ENTRYPOINTS = {"cli"}  # the doors may import every stage
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def modules() -> dict[str, set[str]]:
+    return {
+        str(p.relative_to(PACKAGE).with_suffix("")).replace("/", "."): imports(p)
+        for p in PACKAGE.rglob("*.py")
+    }
+
+
+def test_only_stage_modules_import_ray():
+    offenders = [
+        name
+        for name, names in modules().items()
+        if name not in STAGES and any(n == "ray" or n.startswith("ray.") for n in names)
+    ]
+    assert offenders == []
+
+
+def test_no_module_imports_a_later_stage():
+    for name, names in modules().items():
+        if name in ENTRYPOINTS:
+            continue
+        rank = STAGES.index(name) if name in STAGES else -1
+        later = [s for s in STAGES[rank + 1 :] if f"s2s.{s}" in names]
+        assert later == [], f"{name} imports later stage(s) {later}"

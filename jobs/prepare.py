@@ -1,6 +1,6 @@
 """Ray job: prepare a corpus. Same flags as `s2s prepare`, e.g.
 
-    python jobs/prepare.py --config jobs/configs/prepare_gettext.yaml output=s3://bucket/prepared
+python jobs/prepare.py --config jobs/configs/prepare_gettext.yaml output=s3://bucket/prepared
 """
 
 import sys

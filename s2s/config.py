@@ -59,7 +59,8 @@ class PrepareConfig:
     tokenizer_type: Literal["unigram", "bpe"] = "unigram"
     # Below 1.0 the rarest characters fall back to UTF-8 byte pieces (byte_fallback is on).
     character_coverage: float = 0.9995
-    tokenizer_sample: int = 200_000  # pairs; bounds the trainer's memory whatever the corpus
+    # Pairs; bounds the trainer's memory (and time: ~4 s on 2 cores) whatever the corpus size.
+    tokenizer_sample: int = 100_000
 
     # Splits carved by a hash of the normalised source: a value >= 1 is a number of distinct
     # source sentences, a value < 1 a fraction of them.
@@ -67,8 +68,10 @@ class PrepareConfig:
     test_size: float = 2000
     split_seed: str = "s2s-split-v1"
 
-    # Output shards hold at most this many pairs (about 2-4 MB of zstd Parquet for UI strings).
-    shard_rows: int = 200_000
+    # Output shards hold at most this many pairs (1-2 MB of zstd Parquet for short sentences).
+    # It is also the unit of work of the tokenize-and-write step: smaller keeps every core busy
+    # (measured on 2 cores: 50k rows 9.3 s, 200k rows 13.3 s for a million pairs).
+    shard_rows: int = 50_000
     read_block_rows: int = 32768  # rows per block produced by the readers
 
     def validate(self) -> None:

@@ -9,7 +9,6 @@ prepare job can count it and say where it was.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -122,96 +121,153 @@ def read_unit(
         unit: what to read.
         src_column, tgt_column: JSONL keys / Parquet columns of the two sides.
         max_line_bytes: longer lines are not decoded; they become ``line_too_long`` records.
-        block_rows: records per yielded table.
+        block_rows: records per yielded table (the last one may be shorter).
 
     Yields:
-        Tables of at most ``block_rows`` records, in input order. If the file breaks off
+        Tables in input order whose ``line`` numbers run 1, 2, 3, ... If the file breaks off
         mid-way (corrupt archive, lost connection), a last ``read_error`` record marks where.
     """
     if unit.fmt == "parquet":
-        rows = _parquet_rows(unit.uris[0], src_column, tgt_column, block_rows)
+        parsed = _parquet_batches(unit.uris[0], src_column, tgt_column, block_rows)
     elif unit.fmt == "text":
-        rows = _aligned_rows(unit.uris[0], unit.uris[1], max_line_bytes)
-    elif unit.fmt in ("tsv", "jsonl"):
-        parse = _parse_tsv if unit.fmt == "tsv" else _json_parser(src_column, tgt_column)
-        rows = (
-            (
-                number,
-                *(_decode_then(parse, raw) if raw is not None else (None, None, "line_too_long")),
-            )
-            for number, raw in _lines(unit.uris[0], max_line_bytes)
-        )
+        parsed = _aligned_batches(unit.uris[0], unit.uris[1], max_line_bytes, block_rows)
+    elif unit.fmt == "tsv":
+        parsed = map(_parse_tsv, _line_batches(unit.uris[0], max_line_bytes))
+    elif unit.fmt == "jsonl":
+        parse = _json_parser(src_column, tgt_column)
+        parsed = (parse(lines) for lines in _line_batches(unit.uris[0], max_line_bytes))
     else:
         raise ConfigError(f"unknown input format {unit.fmt!r}")
-    last_line = 0
+    block = _Columns()
     try:
-        while True:
-            chunk = list(itertools.islice(rows, block_rows))
-            if not chunk:
-                return
-            last_line = chunk[-1][0]
-            yield _to_table(chunk, unit.input_id)
+        for columns in parsed:
+            block.extend(columns)
+            while len(block) >= block_rows:
+                yield block.pop_table(block_rows, unit.input_id)
     except (OSError, EOFError, ValueError) as err:
-        logger.warning("%s: reading stopped after line %d: %s", unit.name, last_line, err)
-        yield _to_table([(last_line + 1, None, None, "read_error")], unit.input_id)
+        logger.warning("%s: reading stopped after line %d: %s", unit.name, block.lines, err)
+        block.extend(([None], [None], ["read_error"]))
+    while len(block):
+        yield block.pop_table(block_rows, unit.input_id)
 
 
-def _to_table(chunk: list[tuple], input_id: int) -> pa.Table:
-    lines, srcs, tgts, reasons = zip(*chunk)
-    return pa.Table.from_arrays(
-        [
-            pa.array(srcs, pa.string()),
-            pa.array(tgts, pa.string()),
-            pa.array(np.full(len(chunk), input_id, np.int32)),
-            pa.array(lines, pa.int64()),
-            pa.array(reasons, pa.string()),
-        ],
-        schema=RECORD_SCHEMA,
-    )
+# One parsed batch: (sources, targets, reasons), equally long; a reason means "drop".
+Parsed = tuple[list, list, list]
 
 
-def _lines(uri: str, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """Yield ``(line_number, bytes)``, or ``(line_number, None)`` for a line over the limit.
+class _Columns:
+    """Column buffers of records, cut into tables of a fixed number of rows."""
 
-    Reading is bounded: an over-long line is skipped in chunks, never held whole in memory.
+    def __init__(self) -> None:
+        self.src: list = []
+        self.tgt: list = []
+        self.reason: list = []
+        self.lines = 0  # line number of the last record popped
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def extend(self, columns: Parsed) -> None:
+        self.src.extend(columns[0])
+        self.tgt.extend(columns[1])
+        self.reason.extend(columns[2])
+
+    def pop_table(self, rows: int, input_id: int) -> pa.Table:
+        src, self.src = self.src[:rows], self.src[rows:]
+        tgt, self.tgt = self.tgt[:rows], self.tgt[rows:]
+        reason, self.reason = self.reason[:rows], self.reason[rows:]
+        first, self.lines = self.lines + 1, self.lines + len(src)
+        return pa.Table.from_arrays(
+            [
+                pa.array(src, pa.string()),
+                pa.array(tgt, pa.string()),
+                pa.array(np.full(len(src), input_id, np.int32)),
+                pa.array(np.arange(first, first + len(src), dtype=np.int64)),
+                pa.array(reason, pa.string()),
+            ],
+            schema=RECORD_SCHEMA,
+        )
+
+
+_TOO_LONG = None  # marks an over-long line in a batch of lines
+
+
+def _line_batches(uri: str, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> Iterator[list]:
+    """Yield the lines of a file in batches, reading ``chunk_bytes`` at a time.
+
+    Each line is a ``str``; a line longer than ``max_line_bytes`` is :data:`_TOO_LONG` (None) and
+    is never held whole in memory; a line that is not valid UTF-8 stays ``bytes``.
     """
     with storage.open_input(uri) as stream:
-        reader = io.BufferedReader(stream, buffer_size=1 << 20)
-        number = 0
+        carry, skipping, first = b"", False, True
         while True:
-            raw = reader.readline(max_line_bytes + 2)
-            if not raw:
+            chunk = stream.read(chunk_bytes)
+            if first and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]  # a UTF-8 byte-order mark is no content
+            first = False
+            if not chunk:
+                if carry or skipping:
+                    yield [_TOO_LONG if skipping else _decode_lines([carry])[0]]
                 return
-            number += 1
-            if len(raw) > max_line_bytes + 1 or (len(raw) > max_line_bytes and raw[-1:] != b"\n"):
-                while raw and raw[-1:] != b"\n":  # skip the rest of the line
-                    raw = reader.readline(1 << 20)
-                yield number, None
-                continue
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark is no content
-            yield number, raw.rstrip(b"\r\n")
+            pieces = (carry + chunk).split(b"\n")
+            carry = pieces.pop()
+            if skipping and pieces:  # the over-long line ends in this chunk
+                pieces[0], skipping = b"", False
+                lines = [_TOO_LONG, *_decode_lines(pieces[1:], max_line_bytes)]
+            elif skipping:
+                lines = []
+            else:
+                lines = _decode_lines(pieces, max_line_bytes)
+            if len(carry) > max_line_bytes:
+                carry, skipping = b"", True
+            if lines:
+                yield lines
 
 
-def _decode_then(parse, raw: bytes) -> tuple[str | None, str | None, str | None]:
-    try:
-        text = raw.decode("utf-8")
+def _decode_lines(pieces: list[bytes], max_line_bytes: int = 1 << 62) -> list:
+    joined = b"\n".join(pieces)
+    try:  # fast path: the whole batch is valid UTF-8
+        lines = joined.decode("utf-8").split("\n") if pieces else []
     except UnicodeDecodeError:
-        return None, None, "invalid_utf8"
-    return parse(text)
+        lines = [_decode_or_keep(piece) for piece in pieces]
+    if b"\r" in joined:  # Windows line ends
+        lines = [line.removesuffix("\r") if line.__class__ is str else line for line in lines]
+    return [
+        _TOO_LONG if len(piece) > max_line_bytes else line for piece, line in zip(pieces, lines)
+    ]
 
 
-def _parse_tsv(text: str) -> tuple[str | None, str | None, str | None]:
-    fields = text.split("\t")
-    if len(fields) == 2:
-        return fields[0], fields[1], None
-    return None, None, ("missing_tab" if len(fields) == 1 else "extra_tabs")
+def _decode_or_keep(piece: bytes) -> str | bytes:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return piece
+
+
+def _parse_tsv(lines: list) -> Parsed:
+    src, tgt, reason = [], [], []
+    for line in lines:
+        fields = line.split("\t") if line.__class__ is str else None
+        if fields is not None and len(fields) == 2:
+            src.append(fields[0])
+            tgt.append(fields[1])
+            reason.append(None)
+            continue
+        src.append(None)
+        tgt.append(None)
+        if fields is None:
+            reason.append("line_too_long" if line is _TOO_LONG else "invalid_utf8")
+        else:
+            reason.append("missing_tab" if len(fields) == 1 else "extra_tabs")
+    return src, tgt, reason
 
 
 def _json_parser(src_key: str, tgt_key: str):
-    def parse(text: str) -> tuple[str | None, str | None, str | None]:
+    def parse_line(line) -> tuple[str | None, str | None, str | None]:
+        if line.__class__ is not str:
+            return None, None, "line_too_long" if line is _TOO_LONG else "invalid_utf8"
         try:
-            obj = json.loads(text)
+            obj = json.loads(line)
         except ValueError:
             return None, None, "invalid_json"
         if not isinstance(obj, dict):
@@ -225,43 +281,52 @@ def _json_parser(src_key: str, tgt_key: str):
             return None, None, "not_a_string"
         return src, tgt, None
 
+    def parse(lines: list) -> Parsed:
+        return tuple(map(list, zip(*map(parse_line, lines)))) if lines else ([], [], [])
+
     return parse
 
 
-def _aligned_rows(src_uri: str, tgt_uri: str, max_line_bytes: int) -> Iterator[tuple]:
-    pairs = itertools.zip_longest(_lines(src_uri, max_line_bytes), _lines(tgt_uri, max_line_bytes))
-    for src_item, tgt_item in pairs:
-        if src_item is None or tgt_item is None:  # one file has more lines than the other
-            yield (src_item or tgt_item)[0], None, None, "unaligned"
-            continue
-        number, src_raw = src_item
-        tgt_raw = tgt_item[1]
-        if src_raw is None or tgt_raw is None:
-            yield number, None, None, "line_too_long"
-            continue
-        try:
-            yield number, src_raw.decode("utf-8"), tgt_raw.decode("utf-8"), None
-        except UnicodeDecodeError:
-            yield number, None, None, "invalid_utf8"
+def _aligned_batches(src_uri: str, tgt_uri: str, max_line_bytes: int, block_rows: int):
+    src_lines = itertools.chain.from_iterable(_line_batches(src_uri, max_line_bytes))
+    tgt_lines = itertools.chain.from_iterable(_line_batches(tgt_uri, max_line_bytes))
+    missing = object()  # one file has more lines than the other
+    pairs = itertools.zip_longest(src_lines, tgt_lines, fillvalue=missing)
+    while batch := list(itertools.islice(pairs, block_rows)):
+        src, tgt, reason = [], [], []
+        for s, t in batch:
+            if s.__class__ is str and t.__class__ is str:
+                src.append(s)
+                tgt.append(t)
+                reason.append(None)
+                continue
+            src.append(None)
+            tgt.append(None)
+            if s is missing or t is missing:
+                reason.append("unaligned")
+            elif s is _TOO_LONG or t is _TOO_LONG:
+                reason.append("line_too_long")
+            else:
+                reason.append("invalid_utf8")
+        yield src, tgt, reason
 
 
-def _parquet_rows(uri: str, src_column: str, tgt_column: str, block_rows: int) -> Iterator[tuple]:
+def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int):
     fs, path = storage.filesystem(uri)
-    number = 0
     with fs.open_input_file(path) as f:
         for batch in pq.ParquetFile(f).iter_batches(block_rows, columns=[src_column, tgt_column]):
-            for src, tgt in zip(*(batch.column(i).to_pylist() for i in range(2))):
-                number += 1
-                if src is None or tgt is None:
-                    yield number, None, None, "null_value"
-                elif isinstance(src, bytes) or isinstance(tgt, bytes):
-                    try:
-                        yield number, _as_text(src), _as_text(tgt), None
-                    except UnicodeDecodeError:
-                        yield number, None, None, "invalid_utf8"
-                else:
-                    yield number, src, tgt, None
+            src, tgt, reason = [], [], []
+            for s, t in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                try:
+                    s, t = _as_text(s), _as_text(t)
+                    r = "null_value" if s is None or t is None else None
+                except UnicodeDecodeError:
+                    r = "invalid_utf8"
+                src.append(None if r else s)
+                tgt.append(None if r else t)
+                reason.append(r)
+            yield src, tgt, reason
 
 
-def _as_text(value: str | bytes) -> str:
+def _as_text(value: str | bytes | None) -> str | None:
     return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -37,7 +37,13 @@ _ROLE_SPLIT = {"valid": 1, "test": 2}
 # newlines, no-break and thin spaces, line separators) become one ASCII space.
 _CONTROL = r"[\x00-\x08\x0E-\x1F\x7F-\x84\x86-\x9F\x{200B}\x{FEFF}\x{00AD}]"
 _WHITESPACE = r"[\s\v\x{85}\p{Z}]+"
-_NOT_WORD = r"[^\p{L}\p{N}]+"
+# Anything the two rewrites below would change: a control character, whitespace other than a
+# single ASCII space, or a space at either end.
+_NEEDS_CLEANING = (
+    r"[\x00-\x1F\x7F-\x9F\x{A0}\x{AD}\x{1680}\x{2000}-\x{200B}\x{2028}\x{2029}\x{202F}"
+    r"\x{205F}\x{3000}\x{FEFF}]|  |^ | $"
+)
+_KEY_TRIM = " .,:;!?…\"'()[]{}<>«»„“”‘’-–—*_/\\|#%"
 _UINT64 = 1 << 64
 
 
@@ -69,15 +75,21 @@ class SplitPlan:
 
 def normalize_text(texts: pa.Array) -> pa.Array:
     """NFC, control characters removed, whitespace runs collapsed to one space, ends trimmed."""
-    texts = pc.replace_substring_regex(texts, _CONTROL, "")
     texts = pc.utf8_normalize(texts, "NFC")
-    texts = pc.replace_substring_regex(texts, _WHITESPACE, " ")
-    return pc.utf8_trim_whitespace(texts)
+    # The regex rewrites are the costly part: run them only on the rows that need them.
+    dirty = pc.fill_null(pc.match_substring_regex(texts, _NEEDS_CLEANING), False)
+    if not pc.any(dirty).as_py():
+        return texts
+    rows = pc.filter(texts, dirty)
+    rows = pc.replace_substring_regex(rows, _CONTROL, "")
+    rows = pc.utf8_normalize(rows, "NFC")  # removing a control character can expose a pair
+    rows = pc.utf8_trim_whitespace(pc.replace_substring_regex(rows, _WHITESPACE, " "))
+    return pc.replace_with_mask(texts, dirty, rows)
 
 
 def split_key(texts: pa.Array) -> pa.Array:
-    """Casefolded letters and digits only: "Save File..." and "save file:" share a split."""
-    keys = pc.replace_substring_regex(pc.utf8_lower(texts), _NOT_WORD, "")
+    """Lower case without surrounding punctuation: "Save File..." and "save file:" share a split."""
+    keys = pc.utf8_trim(pc.utf8_lower(texts), _KEY_TRIM)
     return pc.if_else(pc.equal(keys, ""), texts, keys)
 
 
@@ -234,33 +246,28 @@ def tokenize_records(
         ``records`` plus ``src_ids``/``tgt_ids`` (list<int32>, no bos/eos; empty for dropped
         records) and ``src_len``/``tgt_len`` (int32), with ``too_long``/``length_ratio`` reasons.
     """
-    reason = np.array(records["reason"].to_pylist(), dtype=object)
     idx = np.flatnonzero(records["reason"].is_null().to_numpy(zero_copy_only=False))
-    n = len(records)
-    src_len = np.zeros(n, np.int32)
-    tgt_len = np.zeros(n, np.int32)
-    src_ids = pa.array([[]] * n, pa.list_(pa.int32()))
-    tgt_ids = src_ids
-    if len(idx):
-        ok = records.take(idx)
-        ok_src_ids, src_len[idx] = tokenizer.encode_arrow(ok["src"].to_pylist())
-        ok_tgt_ids, tgt_len[idx] = tokenizer.encode_arrow(ok["tgt"].to_pylist())
-        # Scatter the encoded rows back to their positions; dropped rows stay empty lists.
-        position = np.full(n, len(idx), np.int64)
+    ok = records if len(idx) == len(records) else records.take(idx)
+    src_ids, src_len = tokenizer.encode_arrow(ok["src"].to_pylist())
+    tgt_ids, tgt_len = tokenizer.encode_arrow(ok["tgt"].to_pylist())
+    reason = np.array(records["reason"].to_pylist(), dtype=object)
+    reason[idx] = length_reasons(src_len, tgt_len, max_len, max_ratio, ratio_min_tokens)
+    if len(idx) < len(records):
+        # Scatter the encoded rows back to their positions; dropped rows get empty lists.
+        position = np.full(len(records), len(idx), np.int64)
         position[idx] = np.arange(len(idx))
         empty = pa.array([[]], pa.list_(pa.int32()))
-        src_ids = pa.concat_arrays([ok_src_ids, empty]).take(position)
-        tgt_ids = pa.concat_arrays([ok_tgt_ids, empty]).take(position)
-        new = length_reasons(src_len[idx], tgt_len[idx], max_len, max_ratio, ratio_min_tokens)
-        reason[idx] = new
+        src_ids = pa.concat_arrays([src_ids, empty]).take(position)
+        tgt_ids = pa.concat_arrays([tgt_ids, empty]).take(position)
+        src_len = np.append(src_len, 0)[position]
+        tgt_len = np.append(tgt_len, 0)[position]
+    reason_column = records.schema.get_field_index("reason")
     return (
-        records.set_column(
-            records.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string())
-        )
+        records.set_column(reason_column, "reason", pa.array(reason, pa.string()))
         .append_column("src_ids", src_ids)
         .append_column("tgt_ids", tgt_ids)
-        .append_column("src_len", pa.array(src_len))
-        .append_column("tgt_len", pa.array(tgt_len))
+        .append_column("src_len", pa.array(src_len, pa.int32()))
+        .append_column("tgt_len", pa.array(tgt_len, pa.int32()))
     )
 
 

@@ -171,9 +171,9 @@ class _CorpusDatasource(Datasource):
 
 def _cleaned(units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan) -> ray.data.Dataset:
     roles = [u.role for u in units]
-    return ray.data.read_datasource(_CorpusDatasource(units, cfg)).map_batches(
-        clean_records, fn_kwargs={"plan": plan, "roles": roles}, batch_format="pyarrow"
-    )
+    return ray.data.read_datasource(
+        _CorpusDatasource(units, cfg), override_num_blocks=len(units)
+    ).map_batches(clean_records, fn_kwargs={"plan": plan, "roles": roles}, batch_format="pyarrow")
 
 
 def _needs_scan(cfg: PrepareConfig, units: list[ReadUnit]) -> bool:
@@ -279,6 +279,7 @@ def _main_pass(
     stats = PrepareStats()
     for row in outputs.iter_rows():
         stats.merge(PrepareStats.from_json(row["stats"]))
+    logger.debug("%s", outputs.stats())
     return stats
 
 

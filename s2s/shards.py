@@ -37,20 +37,23 @@ def write_shards(records: pa.Table, root: str) -> list[dict]:
     Returns:
         One ``{"split", "path", "rows", "bytes"}`` per shard written; ``path`` is relative.
     """
-    kept = records.filter(records["reason"].is_null())
+    kept = records.select([*ID_COLUMNS, *TEXT_COLUMNS, "split", "pair_hash"])
+    if records["reason"].null_count < len(records):
+        kept = kept.filter(records["reason"].is_null())
     split = kept["split"].to_numpy()
+    pair_hash = kept["pair_hash"].to_numpy()
     written = []
     for index, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == index)
         if not len(rows):
             continue
-        order = rows[np.argsort(kept["pair_hash"].to_numpy()[rows], kind="stable")]
-        part = kept.take(order)
+        order = rows[np.argsort(pair_hash[rows], kind="stable")]
         columns = ID_COLUMNS if name == "train" else ID_COLUMNS + TEXT_COLUMNS
-        digest = hashlib.blake2b(part["pair_hash"].to_numpy().tobytes(), digest_size=10)
+        part = kept.select(list(columns)).take(order)
+        digest = hashlib.blake2b(pair_hash[order].tobytes(), digest_size=10)
         path = f"{name}/part-{digest.hexdigest()}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(part.select(list(columns)), sink, compression="zstd")
+        pq.write_table(part, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
         storage.write_bytes(storage.join(root, path), data)
         written.append({"split": name, "path": path, "rows": len(part), "bytes": len(data)})

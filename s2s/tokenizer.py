@@ -103,8 +103,9 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        return self._sp.encode(texts, out_type=int)
+    def encode(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        """Token ids of each text, without bos/eos; ``num_threads=-1`` uses every core."""
+        return self._sp.encode(texts, out_type=int, num_threads=num_threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self._sp.decode(ids)

@@ -1,0 +1,29 @@
+"""The README's first command, as a newcomer runs it: jobs/demo.py on an embedded local Ray."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_job_end_to_end(tmp_path, gettext_pairs):
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, not the test session's
+    done = subprocess.run(
+        [sys.executable, "jobs/demo.py", "--output", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"prepared {tmp_path}/prepared" in done.stdout
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["read"] == len(gettext_pairs)
+    assert counts["read"] == sum(counts["kept"].values()) + sum(counts["dropped"].values())
+    assert counts["kept"]["valid"] >= 2000 and counts["kept"]["test"] >= 2000
+    assert (tmp_path / "prepared" / "tokenizer.model").stat().st_size > 0

@@ -17,7 +17,16 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "PrepareConfig", "load_config", "apply_overrides", "from_dict"]
+__all__ = [
+    "ConfigError",
+    "PrepareConfig",
+    "ModelConfig",
+    "MODEL_PRESETS",
+    "model_preset",
+    "load_config",
+    "apply_overrides",
+    "from_dict",
+]
 
 
 class ConfigError(ValueError):
@@ -109,6 +118,75 @@ class PrepareConfig:
             raise ConfigError(
                 f"character_coverage must be in (0, 1], got {self.character_coverage}"
             )
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a seq2seq model; a preset fills every field, any field can be overridden.
+
+    Transformer fields: ``d_model``, ``heads``, ``ffn_dim``, ``norm``, ``max_positions``.
+    RNN fields: ``d_model`` is the embedding size, ``hidden_dim`` the encoder output and decoder
+    state size, ``cell`` and ``attention``. Both: layer counts, dropout, ``vocab_size`` (taken from
+    the prepared corpus' tokenizer when 0).
+    """
+
+    family: Literal["transformer", "rnn"] = "transformer"
+    vocab_size: int = 0
+    d_model: int = 256
+    enc_layers: int = 3
+    dec_layers: int = 3
+    heads: int = 4
+    ffn_dim: int = 1024
+    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without a long warm-up
+    max_positions: int = 1024
+    hidden_dim: int = 512
+    cell: Literal["lstm", "gru"] = "lstm"
+    attention: Literal["bahdanau", "luong-dot", "luong-general"] = "bahdanau"
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        """Raises ConfigError naming what to change."""
+        for key in ("vocab_size", "d_model", "enc_layers", "dec_layers", "heads", "ffn_dim"):
+            if getattr(self, key) < (0 if key == "vocab_size" else 1):
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.family == "transformer" and self.d_model % self.heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; "
+                "change one of them"
+            )
+        if self.family == "rnn" and self.hidden_dim % 2:
+            raise ConfigError(
+                f"model.hidden_dim={self.hidden_dim} must be even (two encoder directions)"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+# Presets are diffs over ModelConfig's defaults.
+_BASE = {"d_model": 512, "enc_layers": 6, "dec_layers": 6, "heads": 8, "ffn_dim": 2048}
+_RNN = {"family": "rnn", "enc_layers": 2, "dec_layers": 2, "dropout": 0.2}
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "transformer-small": {},  # d 256, 3+3 layers, ffn 1024, 4 heads
+    "transformer-base": _BASE,
+    "transformer-big": {**_BASE, "d_model": 1024, "heads": 16, "ffn_dim": 4096, "dropout": 0.3},
+    "rnn-small": {**_RNN, "cell": "lstm", "attention": "bahdanau"},
+    "gru-luong": {**_RNN, "cell": "gru", "attention": "luong-general"},
+}
+
+
+def model_preset(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The ModelConfig of preset ``name`` with ``overrides`` applied and validated.
+
+    Raises:
+        ConfigError: for an unknown preset (naming the valid ones) or an invalid result.
+    """
+    if name not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}"
+        )
+    cfg = from_dict(ModelConfig, {**MODEL_PRESETS[name], **(overrides or {})}, where="model.")
+    cfg.validate()
+    return cfg
 
 
 C = TypeVar("C")

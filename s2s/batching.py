@@ -1,0 +1,91 @@
+"""Token-budget batches from a stream of (source ids, target ids) examples.
+
+Batches are cut by a budget of padded token positions (``max_tokens``), not by a number of
+sentences, after sorting a shuffle buffer by length: neighbours have similar lengths, so little of
+each batch is padding, and the budget keeps the compute per batch roughly constant.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+__all__ = ["Example", "token_batches", "collate"]
+
+Example = tuple[Sequence[int], Sequence[int]]  # (source ids, target ids), no bos/eos
+
+
+def _cost(example: Example) -> int:
+    # +1: eos on the source, bos/eos on the target; the longer side sets the padded width.
+    return max(len(example[0]), len(example[1])) + 1
+
+
+def token_batches(
+    examples: Iterable[Example],
+    max_tokens: int,
+    buffer_size: int = 10_000,
+    seed: int = 0,
+) -> Iterator[list[Example]]:
+    """Group a stream of examples into length-bucketed batches of at most ``max_tokens``.
+
+    Args:
+        examples: the stream (its order is kept within a buffer only as far as sorting allows).
+        max_tokens: budget of padded positions per batch: ``len(batch) * longest <= max_tokens``.
+            A single example longer than the budget becomes a batch of its own.
+        buffer_size: examples sorted together; larger means less padding but later batches.
+        seed: shuffles the batches of each buffer, so consecutive steps see different lengths.
+
+    Yields:
+        Lists of examples.
+    """
+    rng = random.Random(seed)
+    buffer: list[Example] = []
+    for example in examples:
+        buffer.append(example)
+        if len(buffer) >= buffer_size:
+            yield from _cut(buffer, max_tokens, rng)
+            buffer = []
+    if buffer:
+        yield from _cut(buffer, max_tokens, rng)
+
+
+def _cut(buffer: list[Example], max_tokens: int, rng: random.Random) -> list[list[Example]]:
+    buffer.sort(key=_cost)
+    batches, batch, longest = [], [], 0
+    for example in buffer:
+        width = max(longest, _cost(example))
+        if batch and width * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch, width = [], _cost(example)
+        batch.append(example)
+        longest = width
+    if batch:
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
+    """Pad a batch into tensors: ``src`` (B, S) ends with eos; ``tgt_in`` (B, T) starts with bos;
+    ``tgt_out`` (B, T) is ``tgt_in`` shifted left, ending with eos; pad id 0 everywhere else."""
+    size = len(batch)
+    src = np.full((size, max(len(s) for s, _ in batch) + 1), PAD_ID, np.int64)
+    tgt_in = np.full((size, max(len(t) for _, t in batch) + 1), PAD_ID, np.int64)
+    tgt_out = tgt_in.copy()
+    for i, (s, t) in enumerate(batch):
+        src[i, : len(s)] = s
+        src[i, len(s)] = EOS_ID
+        tgt_in[i, 0] = BOS_ID
+        tgt_in[i, 1 : len(t) + 1] = t
+        tgt_out[i, : len(t)] = t
+        tgt_out[i, len(t)] = EOS_ID
+    return {
+        "src": torch.from_numpy(src),
+        "tgt_in": torch.from_numpy(tgt_in),
+        "tgt_out": torch.from_numpy(tgt_out),
+    }

@@ -1,0 +1,98 @@
+"""The hand-off from training to translation: a checkpoint directory, local or ``s3://``.
+
+Contract (shared/DESIGN.md)::
+
+    model.safetensors    weights of the unwrapped model, no pickled code
+    config.yaml          the ModelConfig that rebuilds it
+    tokenizer.model      the SentencePiece model it was trained with
+    trainer_state.json   step, epoch, best metric, data position, ...
+    optimizer.pt         optimizer and scheduler state, loaded with weights_only=True
+
+Loading for translation needs neither Ray nor the training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+
+import torch
+import yaml
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from s2s import storage
+from s2s.config import ModelConfig, from_dict
+from s2s.models import build_model
+from s2s.tokenizer import Tokenizer
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_optimizer_state"]
+
+WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
+    "model.safetensors",
+    "config.yaml",
+    "tokenizer.model",
+    "trainer_state.json",
+    "optimizer.pt",
+)
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    trainer_state: dict
+
+
+def save_checkpoint(
+    uri: str,
+    model: nn.Module,
+    model_config: ModelConfig,
+    tokenizer_proto: bytes,
+    trainer_state: dict,
+    optimizer_state: dict | None = None,
+) -> None:
+    """Write a checkpoint directory; ``trainer_state.json`` goes last and marks it complete.
+
+    Args:
+        model: the *unwrapped* module (not the DDP wrapper), so names carry no ``module.``.
+    """
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    storage.write_bytes(storage.join(uri, WEIGHTS), save_safetensors(weights))
+    config = {"model": dataclasses.asdict(model_config)}
+    storage.write_bytes(storage.join(uri, CONFIG), yaml.safe_dump(config, sort_keys=False).encode())
+    storage.write_bytes(storage.join(uri, TOKENIZER), tokenizer_proto)
+    if optimizer_state is not None:
+        buffer = io.BytesIO()
+        torch.save(optimizer_state, buffer)
+        storage.write_bytes(storage.join(uri, OPTIMIZER), buffer.getvalue())
+    storage.write_bytes(storage.join(uri, STATE), json.dumps(trainer_state, indent=2).encode())
+
+
+def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model of a checkpoint from its config and weights, in eval mode.
+
+    Raises:
+        StorageError: if the checkpoint (or one of its files) is missing.
+    """
+    config = yaml.safe_load(storage.read_bytes(storage.join(uri, CONFIG)))
+    model_config = from_dict(ModelConfig, config["model"], where="model.")
+    model = build_model(model_config)
+    weights = load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS)))
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    tokenizer = Tokenizer(storage.read_bytes(storage.join(uri, TOKENIZER)), name=uri)
+    state = json.loads(storage.read_bytes(storage.join(uri, STATE)))
+    return Checkpoint(model, model_config, tokenizer, state)
+
+
+def load_optimizer_state(uri: str) -> dict | None:
+    """The optimizer/scheduler state of a checkpoint, or None; never unpickles code."""
+    path = storage.join(uri, OPTIMIZER)
+    if not storage.exists(path):
+        return None
+    return torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True)

@@ -1,0 +1,70 @@
+"""What training minimises and how: label-smoothed cross-entropy, AdamW, learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from s2s.tokenizer import PAD_ID
+
+__all__ = ["label_smoothed_loss", "build_optimizer", "lr_multiplier"]
+
+
+def label_smoothed_loss(
+    logits: Tensor, target: Tensor, smoothing: float
+) -> tuple[Tensor, Tensor, int]:
+    """Summed label-smoothed cross-entropy over non-pad target positions.
+
+    Sums, not means: the trainer divides by the target tokens of *all* workers and accumulation
+    steps, so every token weighs the same whatever the batch it fell in.
+
+    Args:
+        logits: (B, T, V).
+        target: (B, T) ids, pad 0 ignored.
+        smoothing: mass spread uniformly over the vocabulary (0.1 is the usual value).
+
+    Returns:
+        (loss_sum, nll_sum, n_tokens): the smoothed loss to backpropagate, the plain negative
+        log-likelihood (for perplexity) and the number of target tokens.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)  # (N, V)
+    target = target.flatten()
+    keep = target != PAD_ID
+    log_probs, target = log_probs[keep], target[keep]
+    nll = -log_probs.gather(1, target[:, None]).squeeze(1)
+    smooth = -log_probs.mean(dim=-1)
+    loss = (1.0 - smoothing) * nll + smoothing * smooth
+    return loss.sum(), nll.sum().detach(), int(keep.sum())
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.98)
+) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embeddings (1-d tensors and the embedding)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-9)
+
+
+def lr_multiplier(step: int, warmup: int, schedule: str = "inverse_sqrt", total: int = 0) -> float:
+    """Factor on the peak learning rate at ``step`` (1-based).
+
+    ``inverse_sqrt``: linear warm-up to 1 over ``warmup`` steps, then ``sqrt(warmup / step)``
+    (Vaswani et al. with the peak made explicit). ``cosine``: warm-up, then a cosine decay to 0 at
+    ``total`` steps.
+    """
+    step = max(step, 1)
+    if step <= warmup:
+        return step / max(warmup, 1)
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return math.sqrt(warmup / step)

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import typing
+from pathlib import Path
+
+import yaml
 
 from s2s import storage
-from s2s.config import ConfigError, PrepareConfig, apply_overrides, from_dict, load_config
+from s2s.config import (
+    ConfigError,
+    PrepareConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    model_preset,
+)
 from s2s.manifest import ManifestError
 
 __all__ = ["main"]
@@ -31,6 +43,8 @@ _PREPARE_ALIASES = {
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue  # nested sections are set as section.key=value
         flag = "--" + aliases.get(f.name, f.name.replace("_", "-"))
         if hints[f.name] is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=None)
@@ -70,6 +84,35 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     result = prepare_corpus(_config_from_args(PrepareConfig, args))
     print(format_prepare_summary(result.manifest, result.output))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from s2s.train import train
+
+    result = train(_train_config_from_args(args))
+    print(f"trained {result.output}: last checkpoint {result.checkpoint}")
+    print(json.dumps(result.metrics))
+
+
+def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """defaults < preset < YAML (its `model:` section over the preset) < flags < key=value."""
+    data = {}
+    if args.resume:  # the run's own settings; flags and key=value may change the limits
+        data = yaml.safe_load(storage.read_bytes(storage.join(args.resume, "train_config.yaml")))
+        data["output"] = args.resume
+    elif args.config:
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    flags = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name != "model" and getattr(args, f.name, None) is not None
+    }
+    merged = {**{k: v for k, v in data.items() if k != "model"}, **flags}
+    cfg = from_dict(TrainConfig, merged)
+    cfg.model = model_preset(cfg.preset, data.get("model"))
+    cfg = apply_overrides(cfg, args.overrides)
+    cfg.model.validate()
+    return cfg
 
 
 def format_prepare_summary(manifest: dict, output: str) -> str:
@@ -115,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="raw parallel text -> tokenized Parquet shards")
     _add_config_flags(prepare, PrepareConfig, _PREPARE_ALIASES)
     prepare.set_defaults(func=_cmd_prepare)
+
+    train = sub.add_parser("train", help="train a model on a prepared corpus (Ray Train)")
+    _add_config_flags(
+        train, TrainConfig, {"preset": "model", "use_gpu": "gpu", "max_time_min": "max-time"}
+    )
+    train.add_argument(
+        "--resume", metavar="RUN", help="continue a stopped run from its last checkpoint"
+    )
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "PrepareConfig",
     "ModelConfig",
+    "TrainConfig",
     "MODEL_PRESETS",
     "model_preset",
     "load_config",
@@ -187,6 +188,63 @@ def model_preset(name: str, overrides: dict[str, Any] | None = None) -> ModelCon
     cfg = from_dict(ModelConfig, {**MODEL_PRESETS[name], **(overrides or {})}, where="model.")
     cfg.validate()
     return cfg
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``s2s train``; ``model`` starts from the ``preset`` and takes overrides."""
+
+    data: str = ""  # a prepared corpus (s2s prepare's output)
+    output: str = ""  # the run directory, local or s3://
+    preset: str = "transformer-small"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    # Stop at whichever comes first (0 = no limit from that one; at least one must be set).
+    max_steps: int = 0
+    max_epochs: int = 0
+    max_time_min: float = 0.0
+
+    # Batches: a budget of padded token positions per worker and step, bucketed by length.
+    max_tokens: int = 4000
+    shuffle_buffer: int = 10_000
+    update_freq: int = 1  # accumulate gradients over this many batches per optimizer step
+
+    lr: float = 1e-3
+    warmup: int = 300
+    schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU, or CPUs with AMX)
+    seed: int = 1
+
+    log_every: int = 50
+    eval_every: int = 500
+    eval_sentences: int = 500  # valid pairs decoded (greedy) for BLEU/chrF at each evaluation
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    patience: int = 0  # evaluations without a better BLEU before stopping (0 = never)
+    max_failures: int = 0  # worker-group restarts from the last checkpoint
+
+    def validate(self) -> None:
+        """Raises ConfigError naming what to change."""
+        if not self.data:
+            raise ConfigError("train needs --data URI (a prepared corpus)")
+        if not self.output:
+            raise ConfigError("train needs --output URI (the run directory)")
+        if not (self.max_steps or self.max_epochs or self.max_time_min):
+            raise ConfigError("set max_steps, max_epochs or max_time_min, or training never ends")
+        for key in ("workers", "max_tokens", "update_freq", "log_every", "eval_every",
+                    "checkpoint_every", "keep_last"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.model.validate()
 
 
 C = TypeVar("C")

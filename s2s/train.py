@@ -1,0 +1,384 @@
+"""Stage 2, ``s2s train``: data-parallel training of a seq2seq model on Ray Train.
+
+The shape follows Ray's documented loop: a ``TorchTrainer`` runs :func:`_train_worker` on N
+workers (DDP: gloo on CPU, NCCL on GPU). Each worker streams its Ray Data shard of ``train/``,
+cuts token-budget batches, restores from ``ray.train.get_checkpoint()`` at the top, and every rank
+calls ``ray.train.report`` (rank 0 with the checkpoint). Batching, loss, models and checkpoint I/O
+are Ray-free modules; this one wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray
+import ray.train
+import ray.train.torch
+import sacrebleu
+import torch
+import torch.distributed as dist
+import yaml
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+from s2s import storage
+from s2s.batching import collate, token_batches
+from s2s.checkpoint import load_optimizer_state, save_checkpoint
+from s2s.config import ConfigError, TrainConfig
+from s2s.manifest import read_manifest
+from s2s.models import build_model
+from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
+from s2s.search import greedy_search
+from s2s.shards import read_shard
+from s2s.tokenizer import Tokenizer
+
+__all__ = ["train", "TrainResult"]
+
+logger = logging.getLogger(__name__)
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "train_config.yaml"  # what `s2s train --resume RUN` starts from
+
+
+@dataclass
+class TrainResult:
+    output: str
+    checkpoint: str | None  # URI of the last checkpoint
+    metrics: dict
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train on the current Ray cluster (starting a local one if none); return the last checkpoint.
+
+    Raises:
+        ConfigError, StorageError, ManifestError: before any worker starts, for bad settings, a
+            missing or incomplete corpus, or an unwritable output.
+    """
+    cfg.validate()
+    manifest = read_manifest(cfg.data)
+    proto = storage.read_bytes(storage.join(cfg.data, manifest["tokenizer"]["file"]))
+    cfg.model.vocab_size = Tokenizer(proto).vocab_size
+    if not manifest["shards"].get("train"):
+        raise ConfigError(f"{cfg.data} has no training shards")
+    storage.check_output(cfg.output)
+    config_uri = storage.join(cfg.output, CONFIG_NAME)
+    storage.write_bytes(
+        config_uri, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode()
+    )
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+
+    fs, data_path = storage.filesystem(cfg.data)
+    train_files = [f"{data_path}/{s['path']}" for s in manifest["shards"]["train"]]
+    dataset = ray.data.read_parquet(train_files, filesystem=fs, columns=["src_ids", "tgt_ids"])
+    run_fs, run_path = storage.filesystem(cfg.output)
+    trainer = ray.train.torch.TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg, "proto": proto, "valid": _valid_subset(cfg, manifest)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=os.path.basename(run_path),
+            storage_path=os.path.dirname(run_path),
+            storage_filesystem=run_fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    checkpoint = None
+    if result.checkpoint is not None:
+        prefix = "s3://" if storage.is_s3(cfg.output) else ""
+        checkpoint = prefix + result.checkpoint.path
+    return TrainResult(cfg.output, checkpoint, dict(result.metrics or {}))
+
+
+def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:
+    """The first ``eval_sentences`` valid pairs: (source ids, target ids, reference text)."""
+    subset: list[tuple[list[int], list[int], str]] = []
+    for shard in manifest["shards"].get("valid", []):
+        table = read_shard(cfg.data, shard["path"], ["src_ids", "tgt_ids", "tgt"])
+        for src, tgt, ref in zip(*(table[c].to_pylist() for c in ("src_ids", "tgt_ids", "tgt"))):
+            subset.append((src, tgt, ref))
+            if len(subset) >= cfg.eval_sentences:
+                return subset
+    return subset
+
+
+def _train_worker(config: dict) -> None:
+    """The per-worker loop (runs on every Ray Train worker)."""
+    cfg: TrainConfig = config["cfg"]
+    _log_to_stderr()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    total = cfg.max_steps or 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s + 1, cfg.warmup, cfg.schedule, total)
+    )
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": None, "bad_evals": 0}
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = _restore(directory, model, optimizer, scheduler)
+    device = ray.train.torch.get_device()
+    ddp = ray.train.torch.prepare_model(model)
+    loop = _Loop(cfg, config, model, ddp, optimizer, scheduler, state, rank, world, device)
+    loop.run(ray.train.get_dataset_shard("train"))
+
+
+def _log_to_stderr() -> None:
+    """Workers start with Python's default WARNING level; the progress lines are INFO."""
+    package = logging.getLogger("s2s")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False  # Ray also forwards the root logger: print each line once
+
+
+def _restore(directory: str, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+    saved = load_optimizer_state(directory)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    with open(os.path.join(directory, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+class _Loop:
+    """One worker's training loop; rank 0 logs, evaluates and writes checkpoints."""
+
+    def __init__(self, cfg, config, model, ddp, optimizer, scheduler, state, rank, world, device):
+        self.cfg, self.proto, self.valid = cfg, config["proto"], config["valid"]
+        self.model, self.ddp, self.optimizer, self.scheduler = model, ddp, optimizer, scheduler
+        self.state, self.rank, self.world, self.device = state, rank, world, device
+        self.start = time.perf_counter()
+        self.first_step = state["step"]  # where this session of the run began (resumes differ)
+        self.window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": time.perf_counter()}
+        self.metrics = _earlier_metrics(cfg.output, state["step"]) if rank == 0 else []
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+
+    def run(self, shard) -> None:
+        cfg = self.cfg
+        while not self._done():
+            batches = token_batches(
+                _examples(shard),
+                cfg.max_tokens,
+                cfg.shuffle_buffer,
+                seed=cfg.seed + 1000 * self.state["epoch"] + self.rank,
+            )
+            skip = self.state["batch_in_epoch"]  # resuming mid-epoch: do not replay batches
+            groups = _groups(batches, cfg.update_freq, skip)
+            for group in _lockstep(groups, self.device):
+                self._step(group)
+                self.state["batch_in_epoch"] += len(group)
+                step = self.state["step"]
+                if step % cfg.log_every == 0:
+                    self._log()
+                evaluate = step % cfg.eval_every == 0
+                if evaluate or step % cfg.checkpoint_every == 0 or self._done():
+                    self._report(evaluate=evaluate)
+                if self._done():
+                    return
+            self.state["epoch"] += 1
+            self.state["batch_in_epoch"] = 0
+        # A limit reached exactly at an epoch boundary: the last report already happened.
+
+    def _done(self) -> bool:
+        cfg, s = self.cfg, self.state
+        if cfg.max_steps and s["step"] >= cfg.max_steps:
+            return True
+        if cfg.max_epochs and s["epoch"] >= cfg.max_epochs:
+            return True
+        if cfg.patience and s["bad_evals"] >= cfg.patience:
+            return True
+        return bool(cfg.max_time_min and time.perf_counter() - self.start >= 60 * cfg.max_time_min)
+
+    def _step(self, group: list[list]) -> None:
+        batches = [collate(b) for b in group]
+        tokens = torch.tensor(
+            [sum(int((b["tgt_out"] != 0).sum()) for b in batches)], device=self.device
+        )
+        if self.world > 1:
+            dist.all_reduce(tokens)  # the loss is normalised by the target tokens of all workers
+        scale = self.world / max(int(tokens), 1)  # DDP averages gradients over workers
+        self.ddp.train()
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast:
+                logits = self.ddp(batch["src"].to(self.device), batch["tgt_in"].to(self.device))
+                loss, nll, n = label_smoothed_loss(
+                    logits, batch["tgt_out"].to(self.device), self.cfg.label_smoothing
+                )
+            (loss * scale).backward()
+            self.window["loss"] += loss.item()
+            self.window["nll"] += float(nll)
+            self.window["tokens"] += n
+        if self.cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+
+    def _log(self) -> None:
+        w, now = self.window, time.perf_counter()
+        tokens = max(w["tokens"], 1)
+        elapsed = now - self.start
+        step = self.state["step"]
+        rate = w["tokens"] * self.world / max(now - w["time"], 1e-9)
+        line = {
+            "step": step,
+            "epoch": self.state["epoch"],
+            "loss": round(w["loss"] / tokens, 4),
+            "ppl": round(math.exp(min(w["nll"] / tokens, 50)), 2),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tgt_tokens_per_s": round(rate),
+            "elapsed_s": round(elapsed, 1),
+        }
+        if self.cfg.max_steps:
+            per_step = elapsed / max(step - self.first_step, 1)
+            line["eta_s"] = round(per_step * (self.cfg.max_steps - step))
+        self.metrics.append(line)
+        self.window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": now}
+        if self.rank == 0:
+            eta = f" eta {line['eta_s']}s" if "eta_s" in line else ""
+            logger.info(
+                "step %d | loss %.3f | ppl %.1f | lr %.2e | %d tgt tok/s | %.0fs%s",
+                step, line["loss"], line["ppl"], line["lr"], rate, elapsed, eta,
+            )  # fmt: skip
+
+    def _evaluate(self) -> dict:
+        """Valid loss and greedy BLEU/chrF on the valid subset (rank 0; others skip)."""
+        if not self.valid:
+            return {}
+        model = self.model.eval()
+        tokenizer = Tokenizer(self.proto)
+        hyps, nll, tokens = [], 0.0, 0
+        with torch.inference_mode():
+            for i in range(0, len(self.valid), 64):
+                chunk = self.valid[i : i + 64]
+                batch = collate([(s, t) for s, t, _ in chunk])
+                src = batch["src"].to(self.device)
+                _, part, n = label_smoothed_loss(
+                    model(src, batch["tgt_in"].to(self.device)),
+                    batch["tgt_out"].to(self.device),
+                    0.0,
+                )
+                nll, tokens = nll + float(part), tokens + n
+                hyps += tokenizer.decode(greedy_search(model, src))
+        refs = [r for _, _, r in self.valid]
+        return {
+            "valid_ppl": round(math.exp(min(nll / max(tokens, 1), 50)), 2),
+            "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2),
+        }
+
+    def _report(self, evaluate: bool) -> None:
+        metrics = {"step": self.state["step"], "epoch": self.state["epoch"]}
+        metrics["replicas_in_sync"] = self._replicas_in_sync()
+        if evaluate and self.rank == 0:
+            metrics.update(self._evaluate())
+            bleu = metrics.get("bleu")
+            if bleu is not None:
+                better = self.state["best_bleu"] is None or bleu > self.state["best_bleu"]
+                self.state["best_bleu"] = bleu if better else self.state["best_bleu"]
+                self.state["bad_evals"] = 0 if better else self.state["bad_evals"] + 1
+        if self.world > 1:  # every rank must agree on early stopping
+            flags = torch.tensor([self.state["bad_evals"]], device=self.device)
+            dist.broadcast(flags, src=0)
+            self.state["bad_evals"] = int(flags)
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        self.metrics.append(metrics)
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(
+                directory,
+                self.model,
+                self.cfg.model,
+                self.proto,
+                dict(self.state),
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                },
+            )
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        uri = storage.join(self.cfg.output, METRICS_NAME)
+        body = "".join(json.dumps(m) + "\n" for m in self.metrics)
+        storage.write_bytes(uri, body.encode())
+
+    def _replicas_in_sync(self) -> bool:
+        """All ranks hold the same parameters (what DDP promises); checked at every report."""
+        if self.world == 1:
+            return True
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum()
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
+        dist.all_gather(gathered, checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _earlier_metrics(run: str, up_to_step: int) -> list[dict]:
+    """metrics.jsonl lines of earlier sessions of this run, up to the step it resumes from."""
+    uri = storage.join(run, METRICS_NAME)
+    if up_to_step == 0 or not storage.exists(uri):
+        return []
+    lines = [json.loads(line) for line in storage.read_bytes(uri).decode().splitlines() if line]
+    return [m for m in lines if m.get("step", 0) <= up_to_step]
+
+
+def _examples(shard):
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        yield from zip(batch["src_ids"], batch["tgt_ids"])
+
+
+def _groups(batches, update_freq: int, skip: int):
+    """Groups of ``update_freq`` batches (one optimizer step each), after skipping ``skip``."""
+    group = []
+    for index, batch in enumerate(batches):
+        if index < skip:
+            continue
+        group.append(batch)
+        if len(group) == update_freq:
+            yield group
+            group = []
+
+
+def _lockstep(groups, device):
+    """Yield groups while *every* worker still has one: shards of unequal size must not leave a
+    worker waiting forever in an all-reduce at the end of an epoch."""
+    iterator = iter(groups)
+    while True:
+        group = next(iterator, None)
+        if dist.is_available() and dist.is_initialized():
+            have = torch.tensor([0 if group is None else 1], device=device)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            if int(have) == 0:
+                return
+        elif group is None:
+            return
+        yield group

@@ -23,11 +23,11 @@ import argparse
 import contextlib
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import ray
+from procmem import PeakSampler, tree_rss
 
 from s2s.config import PrepareConfig
 from s2s.gettext import build_corpus
@@ -48,56 +48,10 @@ def write_corpus(pairs: list[tuple[str, str]], n_pairs: int, out: Path, files: i
             handles[i % files].write(f"{src}{suffix}\t{tgt}{suffix}\n")
 
 
-def _descendants_rss_bytes(root: int) -> int:
-    """Summed private resident memory (RssAnon) of ``root`` and every process below it.
-
-    Shared object-store pages are left out: each process that touches one counts it again in
-    VmRSS, which would measure how many store pages a long run has visited, not memory in use.
-    """
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/status") as f:
-                rss[int(entry)] = int(f.read().split("RssAnon:")[1].split()[0]) * 1024
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == pid and p not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(rss.get(p, 0) for p in tree)
-
-
-class PeakRss:
-    """Samples the summed RSS of this process tree in a thread while the block runs."""
-
-    def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _descendants_rss_bytes(os.getpid()))
-            time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def run_prepare(corpus: Path, output: Path, tokenizer: str | None) -> tuple[float, int, dict]:
     shutil.rmtree(output, ignore_errors=True)
     cfg = PrepareConfig(inputs=[str(corpus)], output=str(output), tokenizer=tokenizer)
-    with PeakRss() as rss:
+    with PeakSampler(lambda: tree_rss(os.getpid())) as rss:
         start = time.perf_counter()
         result = prepare_corpus(cfg)
         seconds = time.perf_counter() - start
@@ -137,7 +91,7 @@ def main() -> None:
     assert manifest["counts"]["read"] == n
 
     ray.init()
-    baseline_rss = _descendants_rss_bytes(os.getpid())
+    baseline_rss = tree_rss(os.getpid())
     given_s, rss_1x, _ = run_prepare(small, work / "prep-given", str(model))
     large_s, rss_5x, _ = run_prepare(large, work / "prep-large", str(model))
 

@@ -29,7 +29,14 @@ from s2s.config import ModelConfig, from_dict
 from s2s.models import build_model
 from s2s.tokenizer import Tokenizer
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "load_optimizer_state"]
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "list_checkpoints",
+    "average_checkpoints",
+]
 
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "model.safetensors",
@@ -96,3 +103,44 @@ def load_optimizer_state(uri: str) -> dict | None:
     if not storage.exists(path):
         return None
     return torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True)
+
+
+def list_checkpoints(run: str) -> list[tuple[int, str]]:
+    """(step, URI) of the complete ``checkpoint_*`` directories of a run, by step (``best/`` is
+    a copy of one of them and left out)."""
+    found = []
+    for ref in storage.expand(storage.join(run, "checkpoint_*", STATE)):
+        directory = ref.uri.rsplit("/", 1)[0]
+        step = json.loads(storage.read_bytes(ref.uri)).get("step", 0)
+        found.append((step, directory))
+    return sorted(found)
+
+
+def average_checkpoints(run: str, last: int, output: str) -> list[str]:
+    """Average the parameters of the ``last`` checkpoints of a run (as fairseq and Marian do).
+
+    Returns:
+        The URIs of the checkpoints averaged, oldest first.
+
+    Raises:
+        ValueError: if the run holds fewer than ``last`` checkpoints.
+    """
+    chosen = [uri for _, uri in list_checkpoints(run)[-last:]]
+    if len(chosen) < last:
+        raise ValueError(f"{run} holds {len(chosen)} checkpoints, fewer than --last {last}")
+    total: dict[str, torch.Tensor] = {}
+    for uri in chosen:
+        weights = load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS)))
+        for name, tensor in weights.items():
+            total[name] = total.get(name, 0) + tensor.double()
+    averaged = {name: (t / len(chosen)).float().contiguous() for name, t in total.items()}
+    newest = chosen[-1]
+    storage.write_bytes(storage.join(output, WEIGHTS), save_safetensors(averaged))
+    for name in (CONFIG, TOKENIZER):
+        storage.write_bytes(
+            storage.join(output, name), storage.read_bytes(storage.join(newest, name))
+        )
+    state = json.loads(storage.read_bytes(storage.join(newest, STATE)))
+    state["averaged_from"] = chosen
+    storage.write_bytes(storage.join(output, STATE), json.dumps(state, indent=2).encode())
+    return chosen

@@ -115,6 +115,16 @@ def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _cmd_average(args: argparse.Namespace) -> None:
+    from s2s.checkpoint import average_checkpoints
+
+    try:
+        chosen = average_checkpoints(args.run, args.last, args.output)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(f"{args.output}: average of {len(chosen)} checkpoints: {', '.join(chosen)}")
+
+
 def format_prepare_summary(manifest: dict, output: str) -> str:
     """One screen: where every line went, lengths, tokenizer, shards, speed."""
     counts, run = manifest["counts"], manifest["run"]
@@ -167,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN", help="continue a stopped run from its last checkpoint"
     )
     train.set_defaults(func=_cmd_train)
+
+    average = sub.add_parser("average-checkpoints", help="average the last N checkpoints of a run")
+    average.add_argument("--run", required=True, help="run directory (local or s3://)")
+    average.add_argument("--last", type=int, default=3)
+    average.add_argument("--output", required=True, help="checkpoint directory to write")
+    average.set_defaults(func=_cmd_average)
     return parser
 
 

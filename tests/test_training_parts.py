@@ -99,3 +99,29 @@ def test_checkpoint_on_s3(bucket, gettext_pairs):
     with torch.no_grad():
         assert torch.equal(model(src, tgt), loaded.model(src, tgt))
     assert load_optimizer_state(f"{bucket}/runs/r1/ckpt") is None
+
+
+def test_average_checkpoints(tmp_path, gettext_pairs):
+    from s2s.checkpoint import average_checkpoints, list_checkpoints
+    from s2s.tokenizer import train_tokenizer
+
+    proto = train_tokenizer([s for p in gettext_pairs[:500] for s in p], 400)
+    cfg = model_preset(
+        "transformer-small", {"vocab_size": 400, "d_model": 32, "heads": 2, "ffn_dim": 64}
+    )
+    models = []
+    for step in (10, 20, 30):
+        torch.manual_seed(step)
+        models.append(build_model(cfg))
+        save_checkpoint(
+            str(tmp_path / f"run/checkpoint_{step}"), models[-1], cfg, proto, {"step": step}
+        )
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [10, 20, 30]
+    chosen = average_checkpoints(str(tmp_path / "run"), 2, str(tmp_path / "avg"))
+    assert [c.rsplit("_", 1)[1] for c in chosen] == ["20", "30"]
+    averaged = load_checkpoint(str(tmp_path / "avg"))
+    for name, tensor in averaged.model.state_dict().items():
+        expected = (models[1].state_dict()[name] + models[2].state_dict()[name]) / 2
+        assert torch.allclose(tensor, expected, atol=1e-6), name
+    with pytest.raises(ValueError, match="fewer than --last 5"):
+        average_checkpoints(str(tmp_path / "run"), 5, str(tmp_path / "avg2"))

@@ -30,14 +30,19 @@ def label_smoothed_loss(
         (loss_sum, nll_sum, n_tokens): the smoothed loss to backpropagate, the plain negative
         log-likelihood (for perplexity) and the number of target tokens.
     """
-    log_probs = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)  # (N, V)
+    logits = logits.flatten(0, 1).float()  # (N, V)
     target = target.flatten()
-    keep = target != PAD_ID
-    log_probs, target = log_probs[keep], target[keep]
-    nll = -log_probs.gather(1, target[:, None]).squeeze(1)
-    smooth = -log_probs.mean(dim=-1)
-    loss = (1.0 - smoothing) * nll + smoothing * smooth
-    return loss.sum(), nll.sum().detach(), int(keep.sum())
+    # F.cross_entropy is one fused kernel (log-softmax, smoothing, ignore_index), forward and
+    # backward: no (N, V) copies for masking, which cost more than the softmax itself on CPU.
+    loss = F.cross_entropy(
+        logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum"
+    )
+    if smoothing:
+        with torch.no_grad():
+            nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
+    else:
+        nll = loss.detach()
+    return loss, nll, int((target != PAD_ID).sum())
 
 
 def build_optimizer(

@@ -56,6 +56,7 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
     """
     start = time.perf_counter()
     cfg.validate()
+    cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output))
     units, files = plan_inputs(cfg)
     _check_output(cfg)
     proto = storage.read_bytes(cfg.tokenizer) if cfg.tokenizer else None

@@ -23,6 +23,7 @@ __all__ = [
     "StorageError",
     "FileRef",
     "is_s3",
+    "absolute",
     "filesystem",
     "join",
     "expand",
@@ -63,6 +64,11 @@ def is_s3(uri: str) -> bool:
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a local path or URI with ``/``."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def absolute(uri: str) -> str:
+    """An ``s3://`` URI unchanged; a local path made absolute (Ray workers run elsewhere)."""
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def _endpoint() -> str | None:

@@ -64,6 +64,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             missing or incomplete corpus, or an unwritable output.
     """
     cfg.validate()
+    cfg = dataclasses.replace(
+        cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output)
+    )
     manifest = read_manifest(cfg.data)
     proto = storage.read_bytes(storage.join(cfg.data, manifest["tokenizer"]["file"]))
     cfg.model.vocab_size = Tokenizer(proto).vocab_size
@@ -160,7 +163,7 @@ def _train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not cfg.use_gpu:  # one intra-op thread per reserved core (a fraction still gets one)
-        torch.set_num_threads(max(1, math.ceil(cfg.cpus_per_worker)))
+        torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)

@@ -39,3 +39,27 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 def test_unknown_choice_is_rejected_by_name():
     with pytest.raises(Exception, match="tokenizer_type='x' is not one of"):
         parse(["prepare", "--input", "a", "--output", "o", "--tokenizer-type", "x"])
+
+
+def test_train_flags_preset_and_model_overrides(tmp_path):
+    from s2s.cli import _train_config_from_args
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--output", "o", "--model", "rnn-small", "--workers", "2",
+         "--max-time", "20", "--gpu", "model.hidden_dim=128", "lr=5e-4"]
+    )  # fmt: skip
+    cfg = _train_config_from_args(args)
+    assert (cfg.model.family, cfg.model.cell, cfg.model.hidden_dim) == ("rnn", "lstm", 128)
+    assert cfg.model.enc_layers == 2  # from the preset
+    assert (cfg.workers, cfg.max_time_min, cfg.use_gpu, cfg.lr) == (2, 20.0, True, 5e-4)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.yaml").write_text(
+        "data: d\noutput: elsewhere\npreset: gru-luong\nmax_steps: 100\nmodel: {vocab_size: 900}\n"
+    )
+    resumed = _train_config_from_args(
+        build_parser().parse_args(["train", "--resume", str(run), "max_steps=200"])
+    )
+    assert resumed.output == str(run) and resumed.max_steps == 200
+    assert (resumed.model.cell, resumed.model.vocab_size) == ("gru", 900)

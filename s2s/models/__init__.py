@@ -73,6 +73,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             heads=cfg.heads,
             ffn_dim=cfg.ffn_dim,
             dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
             pre_norm=cfg.norm == "pre",
             max_positions=cfg.max_positions,
         )

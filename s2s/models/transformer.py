@@ -102,12 +102,21 @@ class Layer(nn.Module):
     """An encoder layer (self-attention, FFN) or a decoder layer (+ cross-attention)."""
 
     def __init__(
-        self, d_model: int, heads: int, ffn_dim: int, dropout: float, pre_norm: bool, decoder: bool
+        self,
+        d_model: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        pre_norm: bool,
+        decoder: bool,
     ):
         super().__init__()
         self.pre_norm = pre_norm
-        self.self_attn = Attention(d_model, heads, dropout, cross=False)
-        self.cross_attn = Attention(d_model, heads, dropout, cross=True) if decoder else None
+        self.self_attn = Attention(d_model, heads, attention_dropout, cross=False)
+        self.cross_attn = (
+            Attention(d_model, heads, attention_dropout, cross=True) if decoder else None
+        )
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if decoder else 2))
         self.drop = nn.Dropout(dropout)
@@ -151,6 +160,7 @@ class Transformer(nn.Module):
         heads: int = 4,
         ffn_dim: int = 1024,
         dropout: float = 0.1,
+        attention_dropout: float = 0.0,
         pre_norm: bool = True,
         max_positions: int = 1024,
     ) -> None:
@@ -163,7 +173,7 @@ class Transformer(nn.Module):
             "positions", sinusoidal_positions(max_positions, d_model), persistent=False
         )
         self.drop = nn.Dropout(dropout)
-        args = (d_model, heads, ffn_dim, dropout, pre_norm)
+        args = (d_model, heads, ffn_dim, dropout, attention_dropout, pre_norm)
         self.encoder = nn.ModuleList(Layer(*args, decoder=False) for _ in range(enc_layers))
         self.decoder = nn.ModuleList(Layer(*args, decoder=True) for _ in range(dec_layers))
         # Pre-norm stacks end with a norm (their residual stream is never normalised otherwise).

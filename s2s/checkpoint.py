@@ -34,6 +34,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_optimizer_state",
+    "load_weights",
+    "restore_training",
     "list_checkpoints",
     "average_checkpoints",
 ]
@@ -80,6 +82,20 @@ def save_checkpoint(
     storage.write_bytes(storage.join(uri, STATE), json.dumps(trainer_state, indent=2).encode())
 
 
+def load_weights(uri: str, model: nn.Module) -> None:
+    """Load a checkpoint's safetensors weights into ``model`` (strictly: names and shapes)."""
+    model.load_state_dict(load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS))))
+
+
+def restore_training(uri: str, model: nn.Module, optimizer, scheduler) -> dict:
+    """Put a run back where a checkpoint left it; return its trainer state."""
+    load_weights(uri, model)
+    saved = load_optimizer_state(uri)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return json.loads(storage.read_bytes(storage.join(uri, STATE)))
+
+
 def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model of a checkpoint from its config and weights, in eval mode.
 
@@ -89,8 +105,7 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
     config = yaml.safe_load(storage.read_bytes(storage.join(uri, CONFIG)))
     model_config = from_dict(ModelConfig, config["model"], where="model.")
     model = build_model(model_config)
-    weights = load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS)))
-    model.load_state_dict(weights)
+    load_weights(uri, model)
     model.to(device).eval()
     tokenizer = Tokenizer(storage.read_bytes(storage.join(uri, TOKENIZER)), name=uri)
     state = json.loads(storage.read_bytes(storage.join(uri, STATE)))

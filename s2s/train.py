@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import json
 import logging
 import math
 import os
@@ -31,11 +29,12 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 
 from s2s import storage
 from s2s.batching import collate, token_batches
-from s2s.checkpoint import load_optimizer_state, save_checkpoint
+from s2s.checkpoint import restore_training, save_checkpoint
 from s2s.config import ConfigError, TrainConfig
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
+from s2s.runlog import plot_curves, read_metrics, write_metrics
 from s2s.search import greedy_search
 from s2s.shards import read_shard
 from s2s.tokenizer import Tokenizer
@@ -43,10 +42,8 @@ from s2s.tokenizer import Tokenizer
 __all__ = ["train", "TrainResult"]
 
 logger = logging.getLogger(__name__)
-METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "train_config.yaml"
+CONFIG_NAME = "train_config.yaml"  # what `s2s train --resume RUN` starts from
 BEST_NAME = "best"  # the checkpoint with the best validation BLEU so far
-CURVES_NAME = "curves.png"  # what `s2s train --resume RUN` starts from
 
 
 @dataclass
@@ -108,40 +105,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         datasets={"train": dataset},
     )
     result = trainer.fit()
-    _plot_curves(cfg.output)
+    plot_curves(cfg.output)
     checkpoint = None
     if result.checkpoint is not None:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""
         checkpoint = prefix + result.checkpoint.path
     return TrainResult(cfg.output, checkpoint, dict(result.metrics or {}))
-
-
-def _plot_curves(run: str) -> None:
-    """Loss and BLEU against steps as a PNG in the run; skipped (with a note) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: no %s (pip install 's2s[plot]')", CURVES_NAME)
-        return
-    uri = storage.join(run, METRICS_NAME)
-    if not storage.exists(uri):
-        return
-    lines = [json.loads(x) for x in storage.read_bytes(uri).decode().splitlines() if x]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    logged = [m for m in lines if "loss" in m]
-    left.plot([m["step"] for m in logged], [m["loss"] for m in logged])
-    left.set(xlabel="step", ylabel="training loss (label-smoothed, per token)")
-    evaluated = [m for m in lines if "bleu" in m]
-    right.plot([m["step"] for m in evaluated], [m["bleu"] for m in evaluated], marker="o")
-    right.set(xlabel="step", ylabel="validation BLEU (greedy)")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    storage.write_bytes(storage.join(run, CURVES_NAME), buffer.getvalue())
 
 
 def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:
@@ -175,7 +144,7 @@ def _train_worker(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
-            state = _restore(directory, model, optimizer, scheduler)
+            state = restore_training(directory, model, optimizer, scheduler)
     device = ray.train.torch.get_device()
     ddp = ray.train.torch.prepare_model(model)
     loop = _Loop(cfg, config, model, ddp, optimizer, scheduler, state, rank, world, device)
@@ -193,17 +162,6 @@ def _log_to_stderr() -> None:
     package.propagate = False  # Ray also forwards the root logger: print each line once
 
 
-def _restore(directory: str, model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
-    saved = load_optimizer_state(directory)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    with open(os.path.join(directory, "trainer_state.json")) as f:
-        return json.load(f)
-
-
 class _Loop:
     """One worker's training loop; rank 0 logs, evaluates and writes checkpoints."""
 
@@ -214,7 +172,9 @@ class _Loop:
         self.start = time.perf_counter()
         self.first_step = state["step"]  # where this session of the run began (resumes differ)
         self.window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": time.perf_counter()}
-        self.metrics = _earlier_metrics(cfg.output, state["step"]) if rank == 0 else []
+        self.metrics = (
+            read_metrics(cfg.output, state["step"]) if rank == 0 and state["step"] else []
+        )
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if cfg.precision == "bf16"
@@ -368,12 +328,7 @@ class _Loop:
             # The best by BLEU is kept apart from Ray's last-K rotation (weights and state only).
             best = storage.join(self.cfg.output, BEST_NAME)
             save_checkpoint(best, self.model, self.cfg.model, self.proto, dict(self.state))
-        self._write_metrics()
-
-    def _write_metrics(self) -> None:
-        uri = storage.join(self.cfg.output, METRICS_NAME)
-        body = "".join(json.dumps(m) + "\n" for m in self.metrics)
-        storage.write_bytes(uri, body.encode())
+        write_metrics(self.cfg.output, self.metrics)
 
     def _replicas_in_sync(self) -> bool:
         """All ranks hold the same parameters (what DDP promises); checked at every report."""
@@ -383,15 +338,6 @@ class _Loop:
         gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
         dist.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def _earlier_metrics(run: str, up_to_step: int) -> list[dict]:
-    """metrics.jsonl lines of earlier sessions of this run, up to the step it resumes from."""
-    uri = storage.join(run, METRICS_NAME)
-    if up_to_step == 0 or not storage.exists(uri):
-        return []
-    lines = [json.loads(line) for line in storage.read_bytes(uri).decode().splitlines() if line]
-    return [m for m in lines if m.get("step", 0) <= up_to_step]
 
 
 def _examples(shard):

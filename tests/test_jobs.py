@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_job_end_to_end(tmp_path, gettext_pairs):
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, not the test session's
     done = subprocess.run(
-        [sys.executable, "jobs/demo.py", "--output", str(tmp_path)],
+        [sys.executable, "jobs/demo.py", "--output", str(tmp_path), "--train-steps", "10"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,3 +27,5 @@ def test_demo_job_end_to_end(tmp_path, gettext_pairs):
     assert counts["read"] == sum(counts["kept"].values()) + sum(counts["dropped"].values())
     assert counts["kept"]["valid"] >= 2000 and counts["kept"]["test"] >= 2000
     assert (tmp_path / "prepared" / "tokenizer.model").stat().st_size > 0
+    assert f"trained {tmp_path}/runs/demo" in done.stdout
+    assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text().count("\n") >= 1

@@ -89,7 +89,3 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         attention=cfg.attention,
         dropout=cfg.dropout,
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -80,11 +80,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     fs, data_path = storage.filesystem(cfg.data)
     train_files = [f"{data_path}/{s['path']}" for s in manifest["shards"]["train"]]
     # Reading takes a quarter CPU: workers may reserve nearly all cores without starving it.
-    dataset = ray.data.read_parquet(
-        train_files,
-        filesystem=fs,
-        columns=["src_ids", "tgt_ids"],
-        ray_remote_args={"num_cpus": 0.25},
+    dataset = ray.data.read_parquet(train_files, filesystem=fs, num_cpus=0.25).select_columns(
+        ["src_ids", "tgt_ids"]
     )
     run_fs, run_path = storage.filesystem(cfg.output)
     trainer = ray.train.torch.TorchTrainer(

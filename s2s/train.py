@@ -76,6 +76,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    _warn_if_reading_starves(cfg)
 
     fs, data_path = storage.filesystem(cfg.data)
     train_files = [f"{data_path}/{s['path']}" for s in manifest["shards"]["train"]]
@@ -108,6 +109,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""
         checkpoint = prefix + result.checkpoint.path
     return TrainResult(cfg.output, checkpoint, dict(result.metrics or {}))
+
+
+def _warn_if_reading_starves(cfg: TrainConfig) -> None:
+    """Ray Data reads the training shards with 0.25 CPU per task; if the workers reserve every
+    CPU of a fixed-size cluster, reading never starts and training waits forever, silently."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved = cfg.workers * cfg.cpus_per_worker
+    if not cfg.use_gpu and reserved > total - 0.25:
+        logger.warning(
+            "the workers reserve %.2f of the cluster's %.2f CPUs: unless the cluster scales up, "
+            "Ray Data cannot read the training data (lower cpus_per_worker, e.g. to %.2f, and "
+            "set torch_threads to use the cores anyway)",
+            reserved, total, max((total - 0.25) / cfg.workers, 0.25),
+        )  # fmt: skip
 
 
 def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:

@@ -42,16 +42,25 @@ _PREPARE_ALIASES = {
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
     hints = typing.get_type_hints(cls)
+    defaults = cls()
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
             continue  # nested sections are set as section.key=value
         flag = "--" + aliases.get(f.name, f.name.replace("_", "-"))
-        if hints[f.name] is bool:
+        default = getattr(defaults, f.name)
+        if hint is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=None)
-        elif typing.get_origin(hints[f.name]) is list:
-            parser.add_argument(flag, dest=f.name, action="append", metavar="URI")
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(
+                flag, dest=f.name, action="append", metavar="URI", help="repeatable"
+            )
+        elif typing.get_origin(hint) is typing.Literal:
+            choices = "|".join(typing.get_args(hint))
+            parser.add_argument(flag, dest=f.name, metavar=choices, help=f"default: {default}")
         else:
-            parser.add_argument(flag, dest=f.name, metavar=f.name.upper())
+            help_text = f"default: {default}" if default not in ("", None) else None
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), help=help_text)
     parser.add_argument("--config", help="YAML file of settings (keys as the flags, with _)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, last word")
 

@@ -25,7 +25,8 @@ if __name__ == "__main__":
         ["prepare", "--input", corpus, "--output", prepared, "--overwrite"],
         # One worker on all but one reserved core (Ray Data reads on that one), computing on all.
         ["train", "--data", prepared, "--output", f"{args.output}/runs/demo", "--model",
-         "transformer-small", "--max-steps", str(args.train_steps), "--cpus-per-worker",
+         "transformer-small", "--max-steps", str(args.train_steps), "--warmup", "100",
+         "--cpus-per-worker",
          str(max(cores - 1, 1)), "--torch-threads", str(cores), "--eval-every", "100",
          "--checkpoint-every", "100", "--eval-sentences", "200", "--log-every", "20"],
     ]  # fmt: skip

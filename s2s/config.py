@@ -102,19 +102,15 @@ class PrepareConfig:
                 f"src_files ({len(self.src_files)}) and tgt_files ({len(self.tgt_files)}) "
                 "must pair up one to one"
             )
-        for key in ("max_len", "ratio_min_tokens", "max_line_bytes", "shard_rows"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_ratio < 1:
-            raise ConfigError(f"max_ratio must be >= 1, got {self.max_ratio}")
+        _at_least(
+            self, 1, "max_len", "ratio_min_tokens", "max_line_bytes", "shard_rows", "max_ratio"
+        )
         if self.tokenizer is None and self.vocab_size < 300:
             raise ConfigError(
                 f"vocab_size={self.vocab_size} is too small: 260 ids are reserved for "
                 "specials and byte fallback; use >= 300"
             )
-        for key in ("valid_size", "test_size"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        _at_least(self, 0, "valid_size", "test_size")
         if not 0 < self.character_coverage <= 1:
             raise ConfigError(
                 f"character_coverage must be in (0, 1], got {self.character_coverage}"
@@ -150,9 +146,10 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raises ConfigError naming what to change."""
-        for key in ("vocab_size", "d_model", "enc_layers", "dec_layers", "heads", "ffn_dim"):
-            if getattr(self, key) < (0 if key == "vocab_size" else 1):
-                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        _at_least(self, 0, "vocab_size", prefix="model.")
+        _at_least(
+            self, 1, "d_model", "enc_layers", "dec_layers", "heads", "ffn_dim", prefix="model."
+        )
         if self.family == "transformer" and self.d_model % self.heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; "
@@ -244,13 +241,17 @@ class TrainConfig:
             raise ConfigError("train needs --output URI (the run directory)")
         if not (self.max_steps or self.max_epochs or self.max_time_min):
             raise ConfigError("set max_steps, max_epochs or max_time_min, or training never ends")
-        for key in ("workers", "max_tokens", "update_freq", "log_every", "eval_every",
-                    "checkpoint_every", "keep_last"):  # fmt: skip
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        _at_least(self, 1, "workers", "max_tokens", "update_freq", "log_every", "eval_every")
+        _at_least(self, 1, "checkpoint_every", "keep_last")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.model.validate()
+
+
+def _at_least(cfg: Any, minimum: float, *keys: str, prefix: str = "") -> None:
+    for key in keys:
+        if getattr(cfg, key) < minimum:
+            raise ConfigError(f"{prefix}{key} must be >= {minimum}, got {getattr(cfg, key)}")
 
 
 C = TypeVar("C")

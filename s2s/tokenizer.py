@@ -81,7 +81,6 @@ class Tokenizer:
             ConfigError: if ``model_proto`` is no SentencePiece model or its special ids differ
                 from pad 0, unk 1, bos 2, eos 3.
         """
-        self.model_proto = model_proto
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.LoadFromSerializedProto(model_proto)

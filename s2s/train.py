@@ -179,6 +179,7 @@ class _Loop:
 
     def __init__(self, cfg, config, model, ddp, optimizer, scheduler, state, rank, world, device):
         self.cfg, self.proto, self.valid = cfg, config["proto"], config["valid"]
+        self.tokenizer = Tokenizer(self.proto)  # decodes validation outputs
         self.model, self.ddp, self.optimizer, self.scheduler = model, ddp, optimizer, scheduler
         self.state, self.rank, self.world, self.device = state, rank, world, device
         self.start = time.perf_counter()
@@ -288,7 +289,6 @@ class _Loop:
         if not self.valid:
             return {}
         model = self.model.eval()
-        tokenizer = Tokenizer(self.proto)
         hyps, nll, tokens = [], 0.0, 0
         with torch.inference_mode():
             for i in range(0, len(self.valid), 64):
@@ -301,7 +301,7 @@ class _Loop:
                     0.0,
                 )
                 nll, tokens = nll + float(part), tokens + n
-                hyps += tokenizer.decode(greedy_search(model, src))
+                hyps += self.tokenizer.decode(greedy_search(model, src))
         refs = [r for _, _, r in self.valid]
         return {
             "valid_ppl": round(math.exp(min(nll / max(tokens, 1), 50)), 2),

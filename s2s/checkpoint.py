@@ -14,6 +14,7 @@ Loading for translation needs neither Ray nor the training code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
+    "checkpoint_id",
     "load_optimizer_state",
     "load_weights",
     "restore_training",
@@ -55,6 +57,7 @@ class Checkpoint:
     model_config: ModelConfig
     tokenizer: Tokenizer
     trainer_state: dict
+    model_id: str  # "<directory name>@step<N>:<sha256 of the weights, 12 hex>"
 
 
 def save_checkpoint(
@@ -105,11 +108,23 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
     config = yaml.safe_load(storage.read_bytes(storage.join(uri, CONFIG)))
     model_config = from_dict(ModelConfig, config["model"], where="model.")
     model = build_model(model_config)
-    load_weights(uri, model)
+    weights = storage.read_bytes(storage.join(uri, WEIGHTS))
+    model.load_state_dict(load_safetensors(weights))
     model.to(device).eval()
     tokenizer = Tokenizer(storage.read_bytes(storage.join(uri, TOKENIZER)), name=uri)
     state = json.loads(storage.read_bytes(storage.join(uri, STATE)))
-    return Checkpoint(model, model_config, tokenizer, state)
+    return Checkpoint(model, model_config, tokenizer, state, _model_id(uri, state, weights))
+
+
+def checkpoint_id(uri: str) -> str:
+    """The id that translations carry, without building the model (see Checkpoint.model_id)."""
+    state = json.loads(storage.read_bytes(storage.join(uri, STATE)))
+    return _model_id(uri, state, storage.read_bytes(storage.join(uri, WEIGHTS)))
+
+
+def _model_id(uri: str, state: dict, weights: bytes) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}@step{state.get('step', 0)}:{hashlib.sha256(weights).hexdigest()[:12]}"
 
 
 def load_optimizer_state(uri: str) -> dict | None:

@@ -20,8 +20,10 @@ import yaml
 from s2s import storage
 from s2s.config import (
     ConfigError,
+    EvaluateConfig,
     PrepareConfig,
     TrainConfig,
+    TranslateConfig,
     apply_overrides,
     from_dict,
     load_config,
@@ -134,6 +136,37 @@ def _cmd_average(args: argparse.Namespace) -> None:
     print(f"{args.output}: average of {len(chosen)} checkpoints: {', '.join(chosen)}")
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from s2s.translate import translate
+
+    result = translate(_config_from_args(TranslateConfig, args))
+    print(format_translate_summary(result.summary))
+    return 1 if result.summary["inputs"]["failed"] else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from s2s.evaluate import evaluate
+
+    report = evaluate(_config_from_args(EvaluateConfig, args))
+    print(json.dumps(report, indent=2))
+
+
+def format_translate_summary(summary: dict) -> str:
+    """Where the documents went, and how fast; failed inputs last (what a scheduler shows)."""
+    inputs = summary["inputs"]
+    lines = [
+        f"translated {inputs['translated']} of {inputs['total']} inputs into {summary['output']} "
+        f"({inputs['already_complete']} already complete)",
+        f"  {summary['documents']:,} documents ({summary['rows_written']:,} rows written), "
+        f"{summary['errors']:,} with errors, {summary['warnings']:,} with warnings",
+        f"  {summary['documents_per_s']:,.1f} documents/s, {summary['sentences_per_s']:,.1f} "
+        f"sentences/s, {summary['tokens_per_s']:,.0f} tokens/s in {summary['seconds']:.1f} s",
+    ]
+    lines += [f"  error: {sample}" for sample in summary["error_samples"][:5]]
+    lines += [f"  FAILED {f['input']}: {f['error']}" for f in inputs["failed"]]
+    return "\n".join(lines)
+
+
 def format_prepare_summary(manifest: dict, output: str) -> str:
     """One screen: where every line went, lengths, tokenizer, shards, speed."""
     counts, run = manifest["counts"], manifest["run"]
@@ -187,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_cmd_train)
 
+    translate = sub.add_parser(
+        "translate", help="translate document files into one output file each (Ray Data)"
+    )
+    _add_config_flags(translate, TranslateConfig, {"use_gpu": "gpu"})
+    translate.set_defaults(func=_cmd_translate)
+
+    evaluate = sub.add_parser("evaluate", help="BLEU and chrF of a checkpoint (sacreBLEU)")
+    _add_config_flags(evaluate, EvaluateConfig, {"use_gpu": "gpu"})
+    evaluate.set_defaults(func=_cmd_evaluate)
+
     average = sub.add_parser("average-checkpoints", help="average the last N checkpoints of a run")
     average.add_argument("--run", required=True, help="run directory (local or s3://)")
     average.add_argument("--last", type=int, default=3)
@@ -199,11 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ConfigError, storage.StorageError, ManifestError) as err:
         print(f"s2s: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ __all__ = [
     "PrepareConfig",
     "ModelConfig",
     "TrainConfig",
+    "DecodeConfig",
+    "TranslateConfig",
+    "EvaluateConfig",
     "MODEL_PRESETS",
     "model_preset",
     "load_config",
@@ -246,6 +249,99 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.model.validate()
+
+
+@dataclass
+class DecodeConfig:
+    """How a checkpoint turns source sentences into translations (shared by translate and
+    evaluate, so the nightly job and the evaluation cannot drift apart)."""
+
+    model: str = ""  # a checkpoint directory, local or s3://
+    beam: int = 4  # 1 = greedy search
+    length_penalty: float = 1.0  # GNMT alpha; 0 ranks beams by raw log-probability
+    # At most max_len_a * source_tokens + max_len_b output tokens per sentence.
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    # A batch holds at most this many padded source tokens (x beam rows in the decoder) and
+    # at most max_sentences sentences; sentences are sorted by length first.
+    max_tokens: int = 4000
+    max_sentences: int = 128
+    # Longer sentences (SentencePiece tokens) are cut into pieces of this size, each translated
+    # on its own, and flagged; the model never saw longer inputs in training (prepare's max_len).
+    max_input_tokens: int = 250
+    use_gpu: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU, or CPUs with AMX)
+    torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("needs --model URI (a checkpoint directory)")
+        _at_least(self, 1, "beam", "max_tokens", "max_sentences", "max_input_tokens")
+        _at_least(self, 0, "max_len_a", "max_len_b", "length_penalty", "torch_threads")
+
+
+@dataclass
+class TranslateConfig(DecodeConfig):
+    """Settings of ``s2s translate``: a document set in, one output file per input file out."""
+
+    input: str = ""  # file, directory, prefix or glob; local or s3://
+    output: str = ""  # directory or prefix; one file per input file, named after it
+    input_format: Literal["auto", "jsonl", "parquet", "text"] = "auto"  # text: 1 doc per file
+    id_column: str = "id"
+    text_column: str = "text"
+    format: Literal["jsonl", "parquet", "text"] = "jsonl"
+    keep_source: bool = False  # add a `source` column with the original text
+    overwrite: bool = False  # translate inputs again even when their output is complete
+    # Translator actors: "N" or "MIN,MAX" (the pool grows with the backlog).
+    concurrency: str = "1"
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0  # with use_gpu; fractions pack several actors on one GPU
+    # Work is cut into pieces of about this many input bytes (JSONL lines, Parquet row groups,
+    # text files): the unit of retry and of resuming an interrupted run.
+    piece_mb: float = 4.0
+    # Longer documents get an error row instead of a translation (memory and time bound).
+    max_document_chars: int = 1_000_000
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.input:
+            raise ConfigError("translate needs --input URI (documents)")
+        if not self.output:
+            raise ConfigError("translate needs --output URI (where translations go)")
+        self.actor_pool()
+        _at_least(self, 1, "max_document_chars")
+        if self.piece_mb <= 0 or self.cpus_per_actor <= 0 or self.gpus_per_actor <= 0:
+            raise ConfigError("piece_mb, cpus_per_actor and gpus_per_actor must be > 0")
+
+    def actor_pool(self) -> tuple[int, int]:
+        """(min, max) translator actors from ``concurrency``."""
+        try:
+            sizes = [int(part) for part in str(self.concurrency).split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) == 1:
+            sizes *= 2
+        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
+            raise ConfigError(
+                f"concurrency must be N or MIN,MAX (1 <= MIN <= MAX), got {self.concurrency!r}"
+            )
+        return sizes[0], sizes[1]
+
+
+@dataclass
+class EvaluateConfig(DecodeConfig):
+    """Settings of ``s2s evaluate``: BLEU and chrF of a checkpoint on held-out pairs."""
+
+    data: str = ""  # a prepared corpus (its --split is used) or a TSV file of source<TAB>target
+    split: Literal["valid", "test"] = "test"
+    limit: int = 0  # evaluate only the first N pairs (0 = all)
+    output: str = ""  # optional: write the scores (JSON) and hypotheses (.txt) here
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.data:
+            raise ConfigError("evaluate needs --data URI (a prepared corpus or a TSV file)")
+        _at_least(self, 0, "limit")
 
 
 def _at_least(cfg: Any, minimum: float, *keys: str, prefix: str = "") -> None:

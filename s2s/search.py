@@ -15,21 +15,26 @@ __all__ = ["greedy_search", "beam_search", "Hypothesis", "length_penalty"]
 
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq, src: Tensor, max_len_a: float = 1.5, max_len_b: int = 10
+    model: Seq2Seq,
+    src: Tensor,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    max_len_cap: int | None = None,
 ) -> list[list[int]]:
     """Most likely next token at every step, for a batch, until every row has ended.
 
     Args:
         model: any Seq2Seq, in eval mode.
         src: (B, S) source ids with eos, right-padded.
-        max_len_a, max_len_b: at most ``a * source_length + b`` output tokens per row.
+        max_len_a, max_len_b: at most ``a * source_length + b`` output tokens per row...
+        max_len_cap: ...and never more than this (a Transformer's positions end somewhere).
 
     Returns:
         Token ids per row, without bos/eos.
     """
     batch = src.shape[0]
-    src_len = (src != PAD_ID).sum(1)
-    limit = (max_len_a * src_len.float() + max_len_b).long()  # (B,)
+    (src != PAD_ID).sum(1)
+    limit = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
     state = model.encode(src)
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
@@ -44,6 +49,12 @@ def greedy_search(
             break
     rows = torch.stack(out, dim=1).tolist()  # (B, steps)
     return [_until_eos(row) for row in rows]
+
+
+def _limits(src: Tensor, a: float, b: int, cap: int | None) -> Tensor:
+    """(B,) maximum output length of each row: a * source length + b, at most ``cap``."""
+    limit = ((src != PAD_ID).sum(1).float() * a + b).long().clamp(min=1)
+    return limit.clamp(max=cap) if cap else limit
 
 
 def _until_eos(row: list[int]) -> list[int]:
@@ -79,6 +90,7 @@ def beam_search(
     max_len_b: int = 10,
     alpha: float = 1.0,
     nbest: int = 1,
+    max_len_cap: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses per source, best first.
 
@@ -93,9 +105,10 @@ def beam_search(
         beam: prefixes kept per source (1 = greedy).
         alpha: length-penalty exponent.
         nbest: hypotheses returned per source (<= beam).
+        max_len_cap: output length limit whatever the source length.
     """
     batch, k = src.shape[0], beam
-    limits = ((src != PAD_ID).sum(1).float() * max_len_a + max_len_b).long().tolist()
+    limits = _limits(src, max_len_a, max_len_b, max_len_cap).tolist()
     rows = torch.arange(batch, device=src.device).repeat_interleave(k)
     state = model.reorder_state(model.encode(src), rows)  # (B*k, ...)
     # Only the first prefix of each source is live at step 0 (all k start identical).

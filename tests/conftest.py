@@ -82,3 +82,46 @@ def gettext_pairs() -> list[tuple[str, str]]:
         pytest.skip(f"no German gettext catalogs under {GETTEXT_LOCALE_DIR}")
     pairs, _ = build_corpus("de", GETTEXT_LOCALE_DIR)
     return pairs
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory, gettext_pairs) -> str:
+    """A tiny Transformer trained in-process for a few seconds on real en->de pairs and saved
+    as a real checkpoint (safetensors, tokenizer, config): what translate and evaluate load."""
+    import torch
+
+    from s2s.batching import collate, token_batches
+    from s2s.checkpoint import save_checkpoint
+    from s2s.config import model_preset
+    from s2s.models import build_model
+    from s2s.objective import build_optimizer, label_smoothed_loss
+    from s2s.tokenizer import Tokenizer, train_tokenizer
+
+    pairs = gettext_pairs[:4000]
+    proto = train_tokenizer([s for p in pairs for s in p], vocab_size=600)
+    tokenizer = Tokenizer(proto)
+    sources = tokenizer.encode([s for s, _ in pairs])
+    targets = tokenizer.encode([t for _, t in pairs])
+    examples = [(s, t) for s, t in zip(sources, targets) if len(s) <= 40 and len(t) <= 40]
+    config = model_preset(
+        "transformer-small",
+        {"vocab_size": tokenizer.vocab_size, "d_model": 64, "ffn_dim": 128, "heads": 4,
+         "enc_layers": 2, "dec_layers": 2, "dropout": 0.0, "max_positions": 128},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config)
+    optimizer = build_optimizer(model, 3e-3)
+    step = 0
+    for _ in range(2):  # two epochs: enough to end sentences and emit German-looking words
+        for batch in token_batches(examples, max_tokens=2000, seed=step):
+            tensors = collate(batch)
+            loss, _, tokens = label_smoothed_loss(
+                model(tensors["src"], tensors["tgt_in"]), tensors["tgt_out"], 0.1
+            )
+            optimizer.zero_grad()
+            (loss / tokens).backward()
+            optimizer.step()
+            step += 1
+    out = str(tmp_path_factory.mktemp("toy-model") / "checkpoint")
+    save_checkpoint(out, model.eval(), config, proto, {"step": step})
+    return out

@@ -1,0 +1,324 @@
+"""Document sets in, translation files out: which output each input gets, how an input is cut
+into pieces, reading one piece's documents, and writing results.
+
+Contract (shared/DESIGN.md): one output file per input file, named after it, one row per input
+document in input order, with the input's id column, ``translation``, ``n_segments``, ``error``
+(null when fine), ``model``, plus ``warning`` and optionally ``source``.
+
+A *piece* is a byte range of a JSONL file (whole lines: a line belongs to the piece it starts
+in), a run of Parquet row groups, or a whole text file. Pieces are the unit of work and retry:
+each piece's results go to their own file under ``<output>/_work/`` and the input's output file
+is written from them, in one atomic write, once all of its pieces are there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2s import storage
+from s2s.config import ConfigError
+
+__all__ = [
+    "InputFile",
+    "Piece",
+    "Documents",
+    "plan_outputs",
+    "plan_pieces",
+    "read_piece",
+    "result_table",
+    "write_output",
+    "count_output_rows",
+]
+
+_COMPRESSION = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
+_FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+_EXTENSION = {"jsonl": ".jsonl", "parquet": ".parquet", "text": ".txt"}
+WORK_DIR = "_work"
+
+
+@dataclass
+class InputFile:
+    uri: str
+    size: int
+    mtime_ns: int | None
+    format: str  # jsonl | parquet | text
+    name: str  # path relative to the input root, for messages
+    output: str  # the output file's URI
+
+
+@dataclass
+class Piece:
+    input: int  # index into the plan's inputs
+    start: int  # JSONL: byte offset; Parquet: first row group; text: 0
+    end: int  # JSONL: byte offset (exclusive); Parquet: row group (exclusive); text: 0
+    work: str  # URI of this piece's result file
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class Documents:
+    """The documents of one piece, in input order; ``error`` is set where a row is unreadable."""
+
+    ids: list[str | None]
+    texts: list[object]
+    errors: list[str | None]
+    warnings: list[str | None]
+    blank_lines: int = 0
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """("dir/report", ".jsonl") for "dir/report.jsonl.gz"."""
+    base = name
+    for suffix in _COMPRESSION:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    stem, dot, ext = base.rpartition(".")
+    if dot and "/" not in ext:
+        return stem, "." + ext.lower()
+    return base, ""
+
+
+def detect_format(name: str) -> str:
+    return _FORMAT_BY_SUFFIX.get(_split_name(name)[1], "text")
+
+
+def plan_outputs(
+    files: list[storage.FileRef], input_uri: str, output: str, input_format: str, out_format: str
+) -> list[InputFile]:
+    """Name the output of every input file: its path under the input root, new extension.
+
+    Raises:
+        ConfigError: if output and input overlap, two inputs would share an output name, or
+            ``text`` output is asked of inputs that hold more than one document per file.
+    """
+    out_root, in_root = output.rstrip("/") + "/", input_uri.rstrip("/") + "/"
+    if out_root.startswith(in_root) or in_root.startswith(out_root):
+        raise ConfigError(f"output {output} and input {input_uri} overlap; keep them apart")
+    plan, seen = [], {}
+    for ref in files:
+        root = input_uri.rstrip("/") + "/"
+        name = ref.uri[len(root) :] if ref.uri.startswith(root) else ref.uri.rsplit("/", 1)[-1]
+        fmt = input_format if input_format != "auto" else detect_format(name)
+        if out_format == "text" and fmt != "text":
+            raise ConfigError(
+                f"{ref.uri}: --format text needs text inputs (one document per file); use "
+                "jsonl or parquet for a file of many documents"
+            )
+        out_name = _split_name(name)[0] + _EXTENSION[out_format]
+        if out_name in seen:
+            raise ConfigError(f"{seen[out_name]} and {ref.uri} would both write {out_name}")
+        seen[out_name] = ref.uri
+        plan.append(
+            InputFile(ref.uri, ref.size, ref.mtime_ns, fmt, name, storage.join(output, out_name))
+        )
+    return plan
+
+
+def plan_pieces(
+    index: int, source: InputFile, output: str, settings: str, piece_bytes: int
+) -> list[Piece]:
+    """Cut one input into pieces of about ``piece_bytes``.
+
+    The work directory is keyed by the input's size and time and by ``settings`` (model id and
+    decoding settings), so a rerun reuses finished pieces only when nothing changed.
+    """
+    key = hashlib.sha256(
+        json.dumps([source.uri, source.size, source.mtime_ns, settings]).encode()
+    ).hexdigest()[:16]
+    work = storage.join(output, WORK_DIR, f"{source.output.rsplit('/', 1)[-1]}.{key}")
+    if source.format == "parquet":
+        meta = _parquet_file(source.uri).metadata
+        ranges, start, size = [], 0, 0
+        for group in range(meta.num_row_groups):
+            size += meta.row_group(group).total_byte_size
+            if size >= piece_bytes:
+                ranges.append((start, group + 1))
+                start, size = group + 1, 0
+        if start < meta.num_row_groups or not ranges:
+            ranges.append((start, meta.num_row_groups))
+    elif source.format == "jsonl" and not source.name.endswith(_COMPRESSION):
+        edges = list(range(0, source.size, piece_bytes)) + [source.size]
+        ranges = list(zip(edges[:-1], edges[1:])) or [(0, 0)]
+    else:  # a text document or a compressed file: read whole
+        ranges = [(0, 0)]
+    return [
+        Piece(index, start, end, storage.join(work, f"{start:012d}-{end:012d}.parquet"))
+        for start, end in ranges
+    ]
+
+
+def _parquet_file(uri: str) -> pq.ParquetFile:
+    fs, path = storage.filesystem(uri)
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except OSError as err:
+        raise storage.StorageError(f"{uri}: {storage.describe_error(err)}") from None
+
+
+def read_piece(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
+    """The documents of one piece.
+
+    Raises:
+        StorageError: if the file cannot be read at all (the whole piece fails; nothing of it
+            is written, and the input's output file is not either).
+    """
+    try:
+        if source.format == "parquet":
+            return _read_parquet(source, piece, id_column, text_column)
+        if source.format == "jsonl":
+            return _read_jsonl(source, piece, id_column, text_column)
+        data = (
+            storage.read_bytes(source.uri)
+            if not source.name.endswith(_COMPRESSION)
+            else (_read_all(source.uri))
+        )
+        text, warning = _decode(data)
+        return Documents([source.name], [text], [None], [warning])
+    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as err:
+        if isinstance(err, storage.StorageError):
+            raise
+        raise storage.StorageError(
+            f"{source.uri}: unreadable: {storage.describe_error(err)}"
+        ) from None
+
+
+def _read_all(uri: str) -> bytes:
+    with storage.open_input(uri) as stream:
+        return stream.read()
+
+
+def _decode(data: bytes) -> tuple[str, str | None]:
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        return data.decode("utf-8", errors="replace"), (
+            f"invalid UTF-8 at byte {err.start} (and maybe more) replaced by U+FFFD"
+        )
+
+
+def _jsonl_lines(source: InputFile, piece: Piece) -> list[bytes]:
+    """The lines that start in [piece.start, piece.end), newline-free."""
+    if piece.end == 0:  # whole (compressed) file
+        return _read_all(source.uri).split(b"\n")
+    fs, path = storage.filesystem(source.uri)
+    with fs.open_input_file(path) as f:
+        begin = piece.start
+        if begin > 0:
+            # The line running through `start` (if any) belongs to the piece where it began.
+            f.seek(begin - 1)
+            skipped = 0
+            while True:
+                chunk = f.read(1 << 16)
+                cut = chunk.find(b"\n")
+                if cut >= 0 or not chunk:
+                    begin = begin - 1 + skipped + (cut + 1 if cut >= 0 else len(chunk))
+                    break
+                skipped += len(chunk)
+        if begin >= piece.end:
+            return []
+        f.seek(begin)
+        data = f.read(piece.end - begin)
+        while data and not data.endswith(b"\n"):  # finish the last line
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            cut = chunk.find(b"\n")
+            data += chunk if cut < 0 else chunk[: cut + 1]
+            if cut >= 0:
+                break
+    lines = data.split(b"\n")
+    return lines[:-1] if lines and lines[-1] == b"" else lines
+
+
+def _read_jsonl(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
+    docs = Documents([], [], [], [])
+    where = source.name if piece.start == 0 else f"{source.name} (piece at byte {piece.start})"
+    for number, raw in enumerate(_jsonl_lines(source, piece), start=1):
+        if not raw.strip():
+            docs.blank_lines += 1
+            continue
+        line, warning = _decode(raw)
+        doc_id, text, error = None, None, None
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            error = f"{where}:{number}: invalid JSON ({err.msg} at column {err.colno})"
+        else:
+            if not isinstance(row, dict):
+                error = f"{where}:{number}: a JSON {type(row).__name__}, not an object"
+            else:
+                doc_id = row.get(id_column)
+                text = row.get(text_column)
+                if text_column not in row:
+                    error = f"{where}:{number}: no {text_column!r} field"
+        docs.ids.append(None if doc_id is None else str(doc_id))
+        docs.texts.append(text)
+        docs.errors.append(error)
+        docs.warnings.append(warning)
+    return docs
+
+
+def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
+    parquet = _parquet_file(source.uri)
+    names = parquet.schema_arrow.names
+    groups = list(range(piece.start, piece.end))
+    table = parquet.read_row_groups(
+        groups, columns=[c for c in (id_column, text_column) if c in names]
+    )
+    rows = table.num_rows
+    ids = table.column(id_column).to_pylist() if id_column in names else [None] * rows
+    if text_column in names:
+        texts, errors, warnings = [], [None] * rows, [None] * rows
+        for i, value in enumerate(table.column(text_column).to_pylist()):
+            if isinstance(value, bytes):
+                value, warnings[i] = _decode(value)
+            texts.append(value)
+    else:
+        texts = [None] * rows
+        errors = [f"{source.name}: no column {text_column!r} (has: {', '.join(names)})"] * rows
+    return Documents([None if i is None else str(i) for i in ids], texts, errors, warnings)
+
+
+def result_table(id_column: str, columns: dict[str, list], keep_source: bool) -> pa.Table:
+    """The output schema: ids and texts as strings, n_segments int32."""
+    fields = [
+        (id_column, pa.string()),
+        ("translation", pa.string()),
+        ("n_segments", pa.int32()),
+        ("error", pa.string()),
+        ("warning", pa.string()),
+        ("model", pa.string()),
+    ] + ([("source", pa.string())] if keep_source else [])
+    return pa.table({name: pa.array(columns[name], type) for name, type in fields})
+
+
+def write_output(table: pa.Table, uri: str, out_format: str) -> None:
+    """Write an input's results in one atomic write."""
+    if out_format == "parquet":
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+    elif out_format == "text":
+        data = "".join(t or "" for t in table.column("translation").to_pylist()).encode()
+    else:
+        data = "".join(
+            json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()
+        ).encode()
+    storage.write_bytes(uri, data)
+
+
+def count_output_rows(uri: str, out_format: str) -> int:
+    """Rows in a finished output file (text outputs hold one document)."""
+    if out_format == "parquet":
+        return _parquet_file(uri).metadata.num_rows
+    if out_format == "text":
+        return 1
+    return storage.read_bytes(uri).count(b"\n")

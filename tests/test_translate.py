@@ -1,0 +1,222 @@
+"""The translate job on the local Ray runtime with its documents and outputs on the moto S3
+endpoint: every input row comes back exactly once, bad rows get errors, reruns skip, new files
+are picked up, a killed translator actor changes nothing in the result."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from s2s import storage
+from s2s.config import ConfigError, TranslateConfig
+from s2s.translate import translate
+from s2s.translator import Translator
+
+GOOD = [
+    "Open file. Save file.",
+    "Quit",
+    "Print the document.\n\nClose the window.",
+    "Settings",
+    "Delete the selected files?",
+]
+
+
+def jsonl_documents() -> tuple[bytes, list[dict]]:
+    """A JSONL file with good and bad rows, and what each row's output must say."""
+    lines, expect = [], []
+    for n, text in enumerate(GOOD * 6):  # enough bytes for several pieces
+        lines.append(json.dumps({"id": f"g{n}", "text": text}).encode())
+        expect.append({"id": f"g{n}", "text": text, "error": None})
+    bad = [
+        (b'{"id": "b0", "text": null}', {"id": "b0", "error": "text is null"}),
+        (b'{"id": "b1", "text": 7}', {"id": "b1", "error": "text is int, not a string"}),
+        (b'{"id": "b2"}', {"id": "b2", "error": "no 'text' field"}),
+        (b'{"id": "b3", "text": "unclosed', {"id": None, "error": "invalid JSON"}),
+        (b'["a", "list"]', {"id": None, "error": "a JSON list, not an object"}),
+        (b'{"id": "b5", "text": "Caf\xe9 \xff open."}', {"id": "b5", "warning": "invalid UTF-8"}),
+        (b'{"id": "b6", "text": "Open\\u0000 file\\u0007."}', {"id": "b6", "error": None}),
+        (
+            json.dumps({"id": "b7", "text": "Open the file. " * 300}).encode(),
+            {"id": "b7", "error": "over max_document_chars"},
+        ),
+        (
+            json.dumps({"id": "b8", "text": " ".join(["Open the file"] * 40)}).encode(),
+            {"id": "b8", "warning": "cut into pieces"},
+        ),
+        (b'{"id": 9, "text": ""}', {"id": "9", "error": None, "translation": ""}),
+    ]
+    for position, (line, expected) in zip((3, 8, 11, 15, 16, 20, 22, 25, 27, 29), bad):
+        lines.insert(position, line)
+        expect.insert(position, expected)
+    lines.insert(5, b"")  # a blank line: skipped and counted, not a document
+    return b"\n".join(lines) + b"\n", expect
+
+
+@pytest.fixture
+def documents(bucket):
+    """Inputs in three formats under s3://<bucket>/docs/."""
+    s3 = boto3.client("s3")
+    name = bucket.removeprefix("s3://")
+    body, expect = jsonl_documents()
+    s3.put_object(Bucket=name, Key="docs/news.jsonl", Body=body)
+    table = pa.table({"id": ["p0", "p1", None], "text": ["Quit", None, "Settings"]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=1)
+    s3.put_object(Bucket=name, Key="docs/more/table.parquet", Body=sink.getvalue().to_pybytes())
+    s3.put_object(Bucket=name, Key="docs/letter.txt", Body=b"Open file.\n\nQuit")
+    return bucket, expect
+
+
+def run(toy_checkpoint, bucket, **settings) -> dict:
+    cfg = TranslateConfig(
+        model=toy_checkpoint, input=f"{bucket}/docs", output=f"{bucket}/out", beam=2,
+        max_input_tokens=12, max_document_chars=2000, piece_mb=0.0005, concurrency="1,2",
+        cpus_per_actor=0.5, torch_threads=1, **settings,
+    )  # fmt: skip
+    return translate(cfg).summary
+
+
+def read_jsonl(uri: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_bytes(uri).decode().splitlines()]
+
+
+def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoint, documents):
+    bucket, expect = documents
+    summary = run(toy_checkpoint, bucket, keep_source=True)
+
+    rows = read_jsonl(f"{bucket}/out/news.jsonl")
+    assert len(rows) == len(expect)  # every row, once, in input order
+    translator = Translator(TranslateConfig(model=toy_checkpoint, beam=2, max_input_tokens=12))
+    alone = translator.translate_documents(GOOD)
+    for row, want in zip(rows, expect):
+        assert row["id"] == want["id"]
+        assert set(row) == {
+            "id",
+            "translation",
+            "n_segments",
+            "error",
+            "warning",
+            "model",
+            "source",
+        }
+        if want.get("error"):
+            assert want["error"] in row["error"], row
+            assert row["translation"] is None
+        else:
+            assert row["error"] is None, row
+            assert isinstance(row["translation"], str)
+        if want.get("warning"):
+            assert want["warning"] in row["warning"]
+        if "text" in want:  # a good document: the job translates as the engine does alone
+            assert row["translation"] == alone[GOOD.index(want["text"])].translation
+            assert row["source"] == want["text"]
+    assert rows[0]["model"].startswith("checkpoint@step")
+    assert rows[2]["translation"].count("\n\n") == 1  # layout kept
+
+    table = read_jsonl(f"{bucket}/out/more/table.jsonl")  # a Parquet input, one row per group
+    assert [r["id"] for r in table] == ["p0", "p1", None]
+    assert [r["error"] for r in table] == [None, "text is null", None]
+    assert table[0]["translation"] == alone[GOOD.index("Quit")].translation
+    letter = read_jsonl(f"{bucket}/out/letter.jsonl")  # a text file is one document
+    assert [r["id"] for r in letter] == ["letter.txt"] and letter[0]["n_segments"] == 2
+
+    assert summary["inputs"] == {"total": 3, "already_complete": 0, "translated": 3, "failed": []}
+    assert summary["documents"] == summary["rows_written"] == len(expect) + 3 + 1
+    assert summary["errors"] == sum(bool(w.get("error")) for w in expect) + 1
+    assert summary["blank_lines_skipped"] == 1
+    assert json.loads(storage.read_bytes(f"{bucket}/out/_run.json")) == summary
+    assert not storage.expand(f"{bucket}/out/_work")  # pieces are gone once outputs exist
+
+
+def test_bad_settings_fail_before_work(ray_local, toy_checkpoint, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text('{"id": 1, "text": "Quit"}\n')
+    (docs / "a.parquet").write_bytes(b"")
+    cases = [
+        ({"input": str(tmp_path / "none")}, "no such file"),
+        ({"output": str(docs / "out")}, "overlap"),
+        ({"format": "text"}, "--format text needs text inputs"),
+        ({"concurrency": "3,1"}, "concurrency must be N or MIN,MAX"),
+        ({"model": str(tmp_path / "nomodel")}, "nomodel"),
+    ]
+    for change, message in cases:
+        settings = {"model": toy_checkpoint, "input": str(docs), "output": str(tmp_path / "o")}
+        with pytest.raises((ConfigError, storage.StorageError), match=message):
+            translate(TranslateConfig(**{**settings, **change}))
+
+
+def test_rerun_skips_and_new_files_are_picked_up(ray_local, toy_checkpoint, documents):
+    bucket, _ = documents
+    first = run(toy_checkpoint, bucket)
+    s3, name = boto3.client("s3"), bucket.removeprefix("s3://")
+    stamp = s3.head_object(Bucket=name, Key="out/news.jsonl")["ETag"], first["model"]
+
+    again = run(toy_checkpoint, bucket)
+    assert again["inputs"] == {"total": 3, "already_complete": 3, "translated": 0, "failed": []}
+    assert again["documents"] == 0
+    assert (s3.head_object(Bucket=name, Key="out/news.jsonl")["ETag"], again["model"]) == stamp
+
+    s3.put_object(Bucket=name, Key="docs/more/new.jsonl", Body=b'{"id": "n1", "text": "Quit"}\n')
+    newer = run(toy_checkpoint, bucket)
+    assert newer["inputs"]["already_complete"] == 3 and newer["inputs"]["translated"] == 1
+    assert [r["id"] for r in read_jsonl(f"{bucket}/out/more/new.jsonl")] == ["n1"]
+
+    redo = run(toy_checkpoint, bucket, overwrite=True, format="parquet")
+    assert redo["inputs"]["translated"] == 4 and redo["rows_written"] == first["rows_written"] + 1
+    fs, path = storage.filesystem(f"{bucket}/out/news.parquet")
+    assert pq.read_table(path, filesystem=fs).num_rows == len(
+        read_jsonl(f"{bucket}/out/news.jsonl")
+    )
+
+
+def _translator_actor_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"_PieceTranslator" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    lines = [json.dumps({"id": n, "text": GOOD[n % len(GOOD)]}) for n in range(400)]
+    (docs / "big.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    cfg = TranslateConfig(
+        model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
+        concurrency="1", cpus_per_actor=0.5, torch_threads=1,
+    )  # fmt: skip
+    killed = []
+
+    def kill_once_pieces_land():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            work = list((out / "_work").rglob("*.parquet")) if (out / "_work").exists() else []
+            pids = _translator_actor_pids()
+            if len(work) >= 3 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_once_pieces_land)
+    killer.start()
+    summary = translate(cfg).summary
+    killer.join()
+    assert killed, "the translator actor was never killed; the test proved nothing"
+    rows = read_jsonl(str(out / "big.jsonl"))
+    assert [r["id"] for r in rows] == [str(n) for n in range(400)]  # each once, in order
+    assert all(r["error"] is None and r["translation"] for r in rows)
+    assert summary["rows_written"] == 400

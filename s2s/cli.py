@@ -151,6 +151,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from s2s.export import export_ctranslate2
+
+    export_ctranslate2(args.model, args.output, args.quantization)
+    print(f"{args.output}: CTranslate2 model of {args.model} (translate with --engine ctranslate2)")
+
+
 def format_translate_summary(summary: dict) -> str:
     """Where the documents went, and how fast; failed inputs last (what a scheduler shows)."""
     inputs = summary["inputs"]
@@ -229,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="BLEU and chrF of a checkpoint (sacreBLEU)")
     _add_config_flags(evaluate, EvaluateConfig, {"use_gpu": "gpu"})
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = sub.add_parser("export", help="convert a Transformer checkpoint for another engine")
+    export.add_argument("--model", required=True, help="checkpoint directory (local or s3://)")
+    export.add_argument("--output", required=True, help="directory to write (local or s3://)")
+    export.add_argument("--format", choices=["ctranslate2"], default="ctranslate2")
+    export.add_argument(
+        "--quantization", choices=["int8", "int8_float32", "bfloat16", "float16"],
+        help="store weights quantized (default: float32)",
+    )  # fmt: skip
+    export.set_defaults(func=_cmd_export)
 
     average = sub.add_parser("average-checkpoints", help="average the last N checkpoints of a run")
     average.add_argument("--run", required=True, help="run directory (local or s3://)")

@@ -256,7 +256,12 @@ class DecodeConfig:
     """How a checkpoint turns source sentences into translations (shared by translate and
     evaluate, so the nightly job and the evaluation cannot drift apart)."""
 
-    model: str = ""  # a checkpoint directory, local or s3://
+    model: str = ""  # a checkpoint directory (or, for ctranslate2, an `s2s export`), or s3://
+    # torch: s2s's own search. ctranslate2: CTranslate2's C++ engine (Transformers only; a
+    # checkpoint is exported on load, an `s2s export --format ctranslate2` directory used as is).
+    engine: Literal["torch", "ctranslate2"] = "torch"
+    # ctranslate2: weights at run time; "default" keeps the exported type.
+    compute_type: Literal["default", "float32", "int8", "int8_float32", "bfloat16"] = "default"
     beam: int = 4  # 1 = greedy search
     length_penalty: float = 1.0  # GNMT alpha; 0 ranks beams by raw log-probability
     # At most max_len_a * source_tokens + max_len_b output tokens per sentence.

@@ -159,8 +159,8 @@ def _parquet_file(uri: str) -> pq.ParquetFile:
     fs, path = storage.filesystem(uri)
     try:
         return pq.ParquetFile(fs.open_input_file(path))
-    except OSError as err:
-        raise storage.StorageError(f"{uri}: {storage.describe_error(err)}") from None
+    except (OSError, pa.ArrowException) as err:
+        raise storage.StorageError(f"{uri}: unreadable: {storage.describe_error(err)}") from None
 
 
 def read_piece(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:

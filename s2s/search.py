@@ -20,6 +20,7 @@ def greedy_search(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     max_len_cap: int | None = None,
+    min_len: int = 0,
 ) -> list[list[int]]:
     """Most likely next token at every step, for a batch, until every row has ended.
 
@@ -28,12 +29,12 @@ def greedy_search(
         src: (B, S) source ids with eos, right-padded.
         max_len_a, max_len_b: at most ``a * source_length + b`` output tokens per row...
         max_len_cap: ...and never more than this (a Transformer's positions end somewhere).
+        min_len: eos is not allowed before this many tokens (benchmarks force equal lengths).
 
     Returns:
         Token ids per row, without bos/eos.
     """
     batch = src.shape[0]
-    (src != PAD_ID).sum(1)
     limit = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
     state = model.encode(src)
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
@@ -41,6 +42,8 @@ def greedy_search(
     out = []
     for step in range(int(limit.max())):
         log_probs, state = model.decode_step(prev, state)
+        if step < min_len:
+            log_probs[:, EOS_ID] = float("-inf")
         prev = log_probs.argmax(dim=-1)
         prev = torch.where(finished, torch.full_like(prev, PAD_ID), prev)
         out.append(prev)
@@ -91,13 +94,16 @@ def beam_search(
     alpha: float = 1.0,
     nbest: int = 1,
     max_len_cap: int | None = None,
+    min_len: int = 0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses per source, best first.
 
-    Every source keeps ``beam`` live prefixes; a prefix that emits eos moves to that source's
-    finished list, scored ``log_prob / length_penalty``. A source is done when it has ``beam``
-    finished hypotheses or reaches ``max_len_a * source_length + max_len_b`` tokens; done sources
-    leave the batch, so the decoder only runs on live rows.
+    Every source keeps ``beam`` live prefixes. Each step takes the 2k best extensions of each
+    source; those that emit eos and rank above the k-th live one join the source's finished
+    list, scored ``log_prob / length_penalty`` (fairseq's rule); the k best others live on. A
+    source is done when it has ``beam`` finished hypotheses or reaches ``max_len_a *
+    source_length + max_len_b`` tokens; done sources leave the batch, so the decoder only runs
+    on live rows. All of it is tensor work except collecting finished hypotheses.
 
     Args:
         model: any Seq2Seq in eval mode.
@@ -106,57 +112,65 @@ def beam_search(
         alpha: length-penalty exponent.
         nbest: hypotheses returned per source (<= beam).
         max_len_cap: output length limit whatever the source length.
+        min_len: eos is not allowed before this many tokens (benchmarks force equal lengths).
     """
-    batch, k = src.shape[0], beam
-    limits = _limits(src, max_len_a, max_len_b, max_len_cap).tolist()
-    rows = torch.arange(batch, device=src.device).repeat_interleave(k)
-    state = model.reorder_state(model.encode(src), rows)  # (B*k, ...)
+    batch, k, device = src.shape[0], beam, src.device
+    limits = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
+    state = model.reorder_state(
+        model.encode(src), torch.arange(batch, device=device).repeat_interleave(k)
+    )  # (B*k, ...)
     # Only the first prefix of each source is live at step 0 (all k start identical).
-    scores = torch.full((batch, k), float("-inf"), device=src.device)
+    scores = torch.full((batch, k), float("-inf"), device=device)  # (A, k), A = live sources
     scores[:, 0] = 0.0
-    prefixes: list[list[int]] = [[] for _ in range(batch * k)]
+    prefixes = torch.empty((batch * k, 0), dtype=torch.long, device=device)  # (A*k, t)
+    active = torch.arange(batch, device=device)  # source index of each live block of k rows
+    n_finished = torch.zeros(batch, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    active = list(range(batch))  # source index of each live block of k rows
-    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=src.device)
-    step = 0
-    while active:
+    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    blocks = torch.arange(batch, device=device)[:, None] * k  # (B, 1) first row of each block
+    for step in range(int(limits.max())):
         log_probs, state = model.decode_step(prev, state)  # (A*k, V)
-        vocab = log_probs.shape[-1]
-        candidates = (scores.view(-1, 1) + log_probs).view(len(active), k * vocab)
-        top_scores, top_ids = candidates.topk(2 * k, dim=-1)  # 2k: enough left after eos
-        keep_rows, next_tokens, next_scores, next_prefixes, still = [], [], [], [], []
-        for a, source in enumerate(active):
-            at_limit = step + 1 >= limits[source]
-            chosen = []
-            for cand_score, cand in zip(top_scores[a].tolist(), top_ids[a].tolist()):
-                row, token = a * k + cand // vocab, cand % vocab
-                if cand_score == float("-inf"):
-                    break
-                if token == EOS_ID or at_limit:
-                    tokens = prefixes[row] + ([] if token == EOS_ID else [token])
-                    finished[source].append(
-                        Hypothesis(
-                            tokens, cand_score / length_penalty(len(tokens) + 1, alpha), cand_score
-                        )
-                    )
-                else:
-                    chosen.append((row, token, cand_score))
-                if len(chosen) == k or len(finished[source]) >= k:
-                    break
-            if len(finished[source]) >= k or at_limit or not chosen:
-                continue  # this source is done
-            chosen += [chosen[-1][:2] + (float("-inf"),)] * (k - len(chosen))  # pad dead rows
-            still.append(source)
-            for row, token, cand_score in chosen:
-                keep_rows.append(row)
-                next_tokens.append(token)
-                next_scores.append(cand_score)
-                next_prefixes.append(prefixes[row] + [token])
-        if not still:
+        if step < min_len:
+            log_probs[:, EOS_ID] = float("-inf")
+        live, vocab = active.numel(), log_probs.shape[-1]
+        candidates = (scores.unsqueeze(-1) + log_probs.view(live, k, vocab)).view(live, -1)
+        top_scores, top_ids = candidates.topk(2 * k, dim=-1)  # (A, 2k), best first
+        origin = blocks[:live] + top_ids // vocab  # (A, 2k) row the candidate extends
+        token = top_ids % vocab
+        at_limit = (step + 1 >= limits[active]).unsqueeze(1)  # (A, 1)
+        ends = ((token == EOS_ID) | at_limit) & (top_scores > float("-inf"))
+        # Ending candidates count while fewer than k live ones rank above them (at the limit,
+        # where all end: the k best).
+        live_before = (~ends).cumsum(dim=1) - (~ends).long()
+        take = ends & (live_before < k)
+        take[:, k:] &= ~at_limit
+        if take.any():
+            _collect(finished, take, active, origin, token, top_scores, prefixes, alpha)
+            n_finished[active] += take.sum(dim=1)
+        live_scores, live_pos = top_scores.masked_fill(ends, float("-inf")).topk(k, dim=-1)
+        done = (
+            (n_finished[active] >= k) | at_limit.squeeze(1) | (live_scores[:, 0] == float("-inf"))
+        )
+        keep = ~done
+        if not keep.any():
             break
-        index = torch.tensor(keep_rows, device=src.device)
-        state = model.reorder_state(state, index)
-        prev = torch.tensor(next_tokens, device=src.device)
-        scores = torch.tensor(next_scores, device=src.device).view(len(still), k)
-        prefixes, active, step = next_prefixes, still, step + 1
+        rows = origin.gather(1, live_pos)[keep].view(-1)  # (A'*k,)
+        prev = token.gather(1, live_pos)[keep].view(-1)
+        state = model.reorder_state(state, rows)
+        prefixes = torch.cat([prefixes[rows], prev.unsqueeze(1)], dim=1)
+        scores, active = live_scores[keep], active[keep]
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+
+
+def _collect(finished, take, active, origin, token, top_scores, prefixes, alpha) -> None:
+    """Append the hypotheses that end at this step to their sources' finished lists."""
+    where = take.nonzero(as_tuple=True)  # (live block, candidate rank) pairs
+    sources = active[where[0]].tolist()
+    rows = prefixes[origin[where]].tolist()
+    for source, row, last, score in zip(
+        sources, rows, token[where].tolist(), top_scores[where].tolist()
+    ):
+        tokens = row if last == EOS_ID else row + [last]
+        finished[source].append(
+            Hypothesis(tokens, score / length_penalty(len(tokens) + 1, alpha), score)
+        )

@@ -109,6 +109,12 @@ class Tokenizer:
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self._sp.decode(ids)
 
+    def id_to_piece(self, ids: list[int]) -> list[str]:
+        return self._sp.id_to_piece(ids)
+
+    def piece_to_id(self, pieces: list[str]) -> list[int]:
+        return self._sp.piece_to_id(pieces)
+
     def encode_arrow(self, texts: list[str]) -> tuple[pa.ListArray, np.ndarray]:
         """Encode a batch into an Arrow ``list<int32>`` column without per-token Python objects.
 

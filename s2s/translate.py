@@ -32,7 +32,6 @@ import ray
 import torch
 
 from s2s import __version__, storage
-from s2s.checkpoint import checkpoint_id
 from s2s.config import TranslateConfig, from_dict
 from s2s.documents import (
     Documents,
@@ -46,6 +45,7 @@ from s2s.documents import (
     write_output,
 )
 from s2s.translator import DocumentResult, Translator
+from s2s.translator import model_id as translator_model_id
 
 __all__ = ["translate", "TranslateResult", "RUN_SUMMARY"]
 
@@ -85,26 +85,31 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
     started = time.time()
     files = storage.check_inputs([cfg.input])
     storage.check_output(cfg.output)
-    model_id = checkpoint_id(cfg.model)
+    model_id = translator_model_id(cfg)
     inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)
     todo = [i for i, f in enumerate(inputs) if cfg.overwrite or not storage.exists(f.output)]
+    already_complete = len(inputs) - len(todo)
     settings = json.dumps([model_id, _decode_settings(cfg)])
-    pieces = {
-        i: plan_pieces(i, inputs[i], cfg.output, settings, int(cfg.piece_mb * 2**20)) for i in todo
-    }
+    failed: dict[int, str] = {}  # input -> why it could not be translated (reported, not fatal)
+    pieces = {}
+    for i in todo:
+        try:
+            pieces[i] = plan_pieces(i, inputs[i], cfg.output, settings, int(cfg.piece_mb * 2**20))
+        except storage.StorageError as err:  # e.g. a Parquet file whose footer is broken
+            failed[i] = str(err)
+    todo = [i for i in todo if i in pieces]
     if cfg.overwrite:
         for i in todo:
             storage.remove_tree(pieces[i][0].work.rsplit("/", 1)[0])
     pending = [p for i in todo for p in pieces[i] if not storage.exists(p.work)]
     log.info(
         "%d inputs: %d complete, %d to translate in %d pieces (%d left by an earlier run)",
-        len(inputs), len(inputs) - len(todo), len(todo), len(pending),
+        len(inputs), already_complete, len(todo), len(pending),
         sum(map(len, pieces.values())) - len(pending),
     )  # fmt: skip
 
     totals = Counter()
-    error_samples: list[str] = []
-    failed: dict[int, str] = {}
+    error_samples: list[str] = list(failed.values())
     remaining = Counter(p.input for p in pending)
     rows_written = 0
     finished = []
@@ -132,8 +137,8 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
         "output": cfg.output,
         "inputs": {
             "total": len(inputs),
-            "already_complete": len(inputs) - len(todo),
-            "translated": len(finished),
+            "already_complete": already_complete,
+            "translated": len(finished),  # failed inputs count in neither
             "failed": [{"input": inputs[i].uri, "error": err} for i, err in sorted(failed.items())],
         },
         "documents": totals["documents"],

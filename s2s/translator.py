@@ -9,7 +9,9 @@ the documents were ordered; results go back in the callers' order.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,14 +19,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from s2s import storage
 from s2s.batching import collate
-from s2s.checkpoint import load_checkpoint
+from s2s.checkpoint import TOKENIZER, checkpoint_id, load_checkpoint
 from s2s.config import DecodeConfig
+from s2s.export import EXPORT_INFO
 from s2s.filters import normalize_text
 from s2s.search import beam_search, greedy_search
 from s2s.segment import join_document, split_document
+from s2s.tokenizer import Tokenizer
 
-__all__ = ["Translator", "DocumentResult", "SentenceResult", "batch_order"]
+__all__ = ["Translator", "DocumentResult", "SentenceResult", "batch_order", "model_id"]
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +69,56 @@ def batch_order(lengths: Sequence[int], max_tokens: int, max_sentences: int) -> 
     return batches
 
 
+def model_id(cfg: DecodeConfig) -> str:
+    """The id translations made with these settings carry, without loading the model."""
+    if cfg.engine == "ctranslate2":
+        info = storage.join(cfg.model, EXPORT_INFO)
+        if storage.exists(info):
+            return json.loads(storage.read_bytes(info))["model_id"] + "+ct2"
+        return checkpoint_id(cfg.model) + "+ct2"
+    return checkpoint_id(cfg.model)
+
+
+def _load_ctranslate2(cfg: DecodeConfig, device: torch.device):
+    """(CTranslate2 translator, tokenizer, model id, max positions) for an `s2s export`
+    directory, or for a checkpoint exported here and now."""
+    import ctranslate2
+
+    from s2s.export import export_ctranslate2, local_ctranslate2_model
+
+    exported = cfg.model
+    if not storage.exists(storage.join(cfg.model, EXPORT_INFO)):
+        exported = export_ctranslate2(cfg.model, tempfile.mkdtemp(prefix="s2s-ct2-"))
+    info = json.loads(storage.read_bytes(storage.join(exported, EXPORT_INFO)))
+    local = local_ctranslate2_model(exported, tempfile.mkdtemp(prefix="s2s-ct2-"))
+    threads = torch.get_num_threads()
+    model = ctranslate2.Translator(
+        local, device=device.type, compute_type=cfg.compute_type, intra_threads=threads
+    )
+    tokenizer = Tokenizer(storage.read_bytes(storage.join(exported, TOKENIZER)), name=exported)
+    return model, tokenizer, f"{info['model_id']}+ct2", info["max_positions"]
+
+
 class Translator:
     """A checkpoint plus decoding settings; translate sentences or whole documents."""
 
     def __init__(self, cfg: DecodeConfig, device: str | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if cfg.use_gpu else "cpu"))
-        ckpt = load_checkpoint(cfg.model, self.device)
-        self.model, self.tokenizer, self.model_id = ckpt.model, ckpt.tokenizer, ckpt.model_id
+        if cfg.engine == "ctranslate2":
+            self._ct2, self.tokenizer, self.model_id, max_positions = _load_ctranslate2(
+                cfg, self.device
+            )
+        else:
+            ckpt = load_checkpoint(cfg.model, self.device)
+            self.model, self.tokenizer, self.model_id = ckpt.model, ckpt.tokenizer, ckpt.model_id
+            is_transformer = ckpt.model_config.family == "transformer"
+            max_positions = ckpt.model_config.max_positions if is_transformer else None
         self.max_len_cap = None
         self.max_input_tokens = cfg.max_input_tokens
-        if ckpt.model_config.family == "transformer":
+        if max_positions:
             # Positions run out: source and output (after bos) must fit max_positions.
-            self.max_len_cap = ckpt.model_config.max_positions - 1
+            self.max_len_cap = max_positions - 1
             self.max_input_tokens = min(self.max_input_tokens, self.max_len_cap - 1)
 
     # -- sentences ---------------------------------------------------------------------------
@@ -139,6 +181,8 @@ class Translator:
         return outputs
 
     def _decode(self, sources: list[list[int]]) -> list[list[int]]:
+        if self.cfg.engine == "ctranslate2":
+            return self._decode_ctranslate2(sources)
         src = collate([(ids, []) for ids in sources])["src"].to(self.device)  # (B, S) with eos
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -156,6 +200,24 @@ class Translator:
                 alpha=cfg.length_penalty, max_len_cap=self.max_len_cap,
             )  # fmt: skip
         return [h[0].tokens for h in hyps]
+
+    def _decode_ctranslate2(self, sources: list[list[int]]) -> list[list[int]]:
+        cfg = self.cfg
+        # Per-sentence limits as in s2s.search; CTranslate2 takes one per batch, so decode to
+        # the largest and cut each output to its own (greedy outputs then match exactly).
+        limits = [max(1, int(cfg.max_len_a * (len(ids) + 1) + cfg.max_len_b)) for ids in sources]
+        limits = [min(limit, self.max_len_cap or limit) for limit in limits]
+        results = self._ct2.translate_batch(
+            [self.tokenizer.id_to_piece(ids) for ids in sources],
+            beam_size=cfg.beam,
+            # CTranslate2 divides by length ** penalty, not GNMT's ((5 + length) / 6) ** alpha.
+            length_penalty=cfg.length_penalty,
+            max_decoding_length=max(limits),
+            max_batch_size=len(sources),
+        )
+        return [
+            self.tokenizer.piece_to_id(r.hypotheses[0][:limit]) for r, limit in zip(results, limits)
+        ]
 
     # -- documents ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import pytest
 from s2s.gettext import build_corpus
 
 GETTEXT_LOCALE_DIR = "/usr/share/locale"
+TOY_EPOCHS = 6  # ~10 s on 2 cores: short, ending sentences of German-looking words
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
 
 
@@ -112,7 +113,7 @@ def toy_checkpoint(tmp_path_factory, gettext_pairs) -> str:
     model = build_model(config)
     optimizer = build_optimizer(model, 3e-3)
     step = 0
-    for _ in range(2):  # two epochs: enough to end sentences and emit German-looking words
+    for _ in range(TOY_EPOCHS):
         for batch in token_batches(examples, max_tokens=2000, seed=step):
             tensors = collate(batch)
             loss, _, tokens = label_smoothed_loss(

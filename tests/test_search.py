@@ -94,3 +94,12 @@ def test_nbest_and_length_penalty_shape_results():
     nbest = beam_search(model, src, beam=4, nbest=3, alpha=1.0)
     assert all(1 <= len(h) <= 3 for h in nbest)
     assert all(len({tuple(x.tokens) for x in h}) == len(h) for h in nbest)  # distinct
+
+
+@pytest.mark.parametrize("preset", ["transformer-small", "rnn-small"])
+def test_min_len_forces_equal_lengths(preset):
+    model, src = partly_trained(preset), sources(12, seed=4)
+    greedy = greedy_search(model, src, max_len_a=0, max_len_b=9, min_len=9)
+    beams = beam_search(model, src, beam=3, max_len_a=0, max_len_b=9, min_len=9)
+    assert all(len(g) == 9 for g in greedy)
+    assert all(len(h[0].tokens) == 9 for h in beams)

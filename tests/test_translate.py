@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from s2s import storage
+from s2s.cli import main
 from s2s.config import ConfigError, TranslateConfig
 from s2s.translate import translate
 from s2s.translator import Translator
@@ -220,3 +221,20 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
     assert [r["id"] for r in rows] == [str(n) for n in range(400)]  # each once, in order
     assert all(r["error"] is None and r["translation"] for r in rows)
     assert summary["rows_written"] == 400
+
+
+def test_an_unreadable_input_fails_alone_with_exit_status_1(
+    ray_local, toy_checkpoint, tmp_path, capsys
+):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.jsonl").write_text('{"id": "a", "text": "Quit"}\n')
+    (docs / "broken.parquet").write_bytes(b"PAR1 this is no parquet file")
+    args = ["translate", "--model", toy_checkpoint, "--input", str(docs), "--output",
+            str(tmp_path / "out"), "--beam", "1", "cpus_per_actor=0.5"]  # fmt: skip
+    assert main(args) == 1
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-1].startswith(f"  FAILED {docs / 'broken.parquet'}: ")
+    assert "translated 1 of 2 inputs" in printed
+    assert read_jsonl(str(tmp_path / "out" / "good.jsonl"))[0]["id"] == "a"
+    assert not (tmp_path / "out" / "broken.jsonl").exists()

@@ -3,7 +3,8 @@
 One embedding matrix serves source, target and output projection (the vocabulary is joint).
 Attention goes through ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU).
 Incremental decoding keeps a cache in the state: self-attention keys/values grow by one position
-per step; cross-attention keys/values are computed once per source.
+per step; cross-attention keys/values are computed once per *source* and never copied for the
+beams of a source: the k rows of a source attend to it as k query positions (see _decode).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         causal: bool = False,
         kv: tuple[Tensor, Tensor] | None = None,
+        group: int = 1,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend from ``x`` (B, T, D).
 
@@ -68,12 +70,18 @@ class Attention(nn.Module):
             causal: mask future positions (training-time decoder self-attention).
             kv: for self-attention, the cached (B, H, t, dh) keys/values of earlier positions,
                 to which this step's are appended; for cross-attention, the projected memory.
+            group: cross-attention only: every ``group`` consecutive rows of ``x`` (T = 1) share
+                one row of ``kv``; they attend as ``group`` query positions of that row.
 
         Returns:
             (output (B, T, D), the keys/values used) so callers can cache them.
         """
+        rows = x.shape[0]
         if self.cross:
-            q = self._split(self.q(x))
+            q = self.q(x)
+            if group > 1:  # (rows, 1, D) -> (rows / group, group, D)
+                q = q.view(rows // group, group, -1)
+            q = self._split(q)
             k, v = kv
         else:
             q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
@@ -88,7 +96,8 @@ class Attention(nn.Module):
             is_causal=causal,
         )  # (B, H, T, dh)
         b, h, t, dh = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, h * dh)), (k, v)
+        y = y.transpose(1, 2).reshape(b, t, h * dh).view(rows, -1, h * dh)
+        return self.out(y), (k, v)
 
 
 class FeedForward(nn.Sequential):
@@ -135,6 +144,7 @@ class Layer(nn.Module):
         self_kv: tuple[Tensor, Tensor] | None = None,
         cross_kv: tuple[Tensor, Tensor] | None = None,
         cross_mask: Tensor | None = None,
+        group: int = 1,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """(B, T, D) -> (B, T, D) and this layer's self-attention keys/values."""
         x, kv = self._residual(
@@ -142,7 +152,7 @@ class Layer(nn.Module):
         )
         if self.cross_attn is not None:
             x, _ = self._residual(
-                x, self.norms[1], lambda h: self.cross_attn(h, cross_mask, kv=cross_kv)
+                x, self.norms[1], lambda h: self.cross_attn(h, cross_mask, kv=cross_kv, group=group)
             )
         x, _ = self._residual(x, self.norms[-1], lambda h: (self.ffn(h), None))
         return x, kv
@@ -193,16 +203,38 @@ class Transformer(nn.Module):
             x, _ = layer(x, self_mask=src_mask)
         memory = self.enc_norm(x)  # (B, S, D)
         cross_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
-        return {"src_mask": src_mask, "cross_kv": cross_kv, "self_kv": None, "step": 0}
+        # memory_rows: the source row of each decoder row after reorder_state (None: the same).
+        return {
+            "src_mask": src_mask,
+            "cross_kv": cross_kv,
+            "memory_rows": None,
+            "self_kv": None,
+            "step": 0,
+        }
+
+    def _memory_view(self, state: DecoderState) -> tuple[list, Tensor, int]:
+        """(cross keys/values, source mask, group) as the decoder rows need them: grouped when
+        every source has the same number of consecutive rows (beam search), else gathered."""
+        cross_kv, mask, rows = state["cross_kv"], state["src_mask"], state["memory_rows"]
+        if rows is None:
+            return cross_kv, mask, 1
+        sources = mask.shape[0]
+        group = rows.numel() // sources
+        grouped = torch.arange(sources, device=rows.device).repeat_interleave(group)
+        if group * sources == rows.numel() and torch.equal(rows, grouped):
+            return cross_kv, mask, group
+        return select_batch(cross_kv, rows), mask.index_select(0, rows), 1
 
     def _decode(self, tgt: Tensor, state: DecoderState, causal: bool) -> tuple[Tensor, list]:
         x = self._embed(tgt, offset=state["step"])
         self_kv = state["self_kv"] or [None] * len(self.decoder)
+        cross_kvs, cross_mask, group = self._memory_view(state)
         new_kv = []
-        for layer, cached, cross in zip(self.decoder, self_kv, state["cross_kv"]):
+        for layer, cached, cross in zip(self.decoder, self_kv, cross_kvs):
             x, kv = layer(
-                x, causal=causal, self_kv=cached, cross_kv=cross, cross_mask=state["src_mask"]
-            )
+                x, causal=causal, self_kv=cached, cross_kv=cross, cross_mask=cross_mask,
+                group=group,
+            )  # fmt: skip
             new_kv.append(kv)
         logits = self.dec_norm(x) @ self.embed.weight.T  # (B, T, V), tied output projection
         return logits, new_kv
@@ -217,4 +249,18 @@ class Transformer(nn.Module):
         return F.log_softmax(logits[:, -1].float(), dim=-1), state
 
     def reorder_state(self, state: DecoderState, beam_indices: Tensor) -> DecoderState:
-        return select_batch(state, beam_indices)
+        """Reorder the self-attention cache; the encoder memory only drops sources no row uses
+        any more (copying it for every beam at every step is what makes beam search slow)."""
+        rows = beam_indices if state["memory_rows"] is None else state["memory_rows"][beam_indices]
+        cross_kv, mask = state["cross_kv"], state["src_mask"]
+        used = torch.unique(rows)  # sorted
+        if used.numel() < mask.shape[0]:
+            cross_kv, mask = select_batch(cross_kv, used), mask.index_select(0, used)
+            rows = torch.searchsorted(used, rows)
+        return {
+            **state,
+            "self_kv": select_batch(state["self_kv"], beam_indices),
+            "cross_kv": cross_kv,
+            "src_mask": mask,
+            "memory_rows": rows,
+        }

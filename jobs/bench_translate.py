@@ -1,0 +1,314 @@
+"""Benchmark: translation speed of s2s against Hugging Face and CTranslate2, and of the Ray Data
+job against its own engine.
+
+Measured side by side in one run on this machine, on the same real English sentences (the
+shared corpus' test split, SentencePiece 8k), in the same 64-sentence batches (sorted by length,
+so every engine sees identical padding), with every output forced to the same length (eos
+banned until then), greedy and beam 4, for ``transformer-small`` and ``transformer-base``
+dimensions (random weights: speed does not depend on what the weights say once lengths are
+forced):
+
+  s2s          s2s's PyTorch engine (``s2s.search``: batched beam search, KV cache)
+  s2s-ct2      the same s2s checkpoint after ``s2s export --format ctranslate2`` (fp32, int8)
+  hf           ``MarianMTModel.generate`` with identical dimensions
+  ct2          CTranslate2 running that Marian model after its converter (fp32, int8)
+
+Then the whole ``s2s translate`` job (Ray Data, one translator actor, real documents of several
+sentences each) against the engine alone (``Translator.translate_sentences``) on the same
+sentences, and the translator actor's peak private memory on one 5 MB document.
+
+    python jobs/bench_translate.py [--sentences 256] [--length 24] [--skip-job]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from procmem import PeakSampler, largest_rss
+
+from s2s.checkpoint import save_checkpoint
+from s2s.config import TranslateConfig, model_preset
+from s2s.export import export_ctranslate2
+from s2s.models import build_model
+from s2s.search import beam_search, greedy_search
+from s2s.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
+from s2s.translate import translate
+from s2s.translator import Translator
+
+CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "en-de"
+THREADS = os.cpu_count() or 1
+
+
+def read_tsv(name: str, limit: int) -> list[tuple[str, str]]:
+    pairs = []
+    with gzip.open(CORPUS / name, "rt", encoding="utf-8") as f:
+        for line in f:
+            src, _, tgt = line.rstrip("\n").partition("\t")
+            pairs.append((src, tgt))
+            if len(pairs) >= limit:
+                break
+    return pairs
+
+
+def batches_of(ids: list[list[int]], size: int = 64) -> list[list[list[int]]]:
+    ordered = sorted(ids, key=len)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def pad(batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) ids with eos, right-padded, and the attention mask."""
+    width = max(len(s) for s in batch) + 1
+    src = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(batch):
+        src[i, : len(s) + 1] = torch.tensor(s + [EOS_ID])
+    return src, src != PAD_ID
+
+
+def timed(fn, repeats: int = 2) -> float:
+    """Best wall time of ``repeats`` runs after one warm-up run."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def marian_model(cfg, vocab_size: int):
+    """A Marian model over our vocabulary plus Marian's own pad token at the end (id
+    ``vocab_size``), which also starts its decoder: what Marian checkpoints look like and what
+    CTranslate2's Marian converter expects."""
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=vocab_size + 1, d_model=cfg.d_model, encoder_layers=cfg.enc_layers,
+        decoder_layers=cfg.dec_layers, encoder_attention_heads=cfg.heads,
+        decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
+        activation_function="relu", max_position_embeddings=512, pad_token_id=vocab_size,
+        eos_token_id=EOS_ID, decoder_start_token_id=vocab_size, forced_eos_token_id=None,
+        share_encoder_decoder_embeddings=True, normalize_before=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return MarianMTModel(config).eval()
+
+
+def convert_marian(model, tokenizer_model: Path, out: Path) -> Path:
+    """Save the Marian model with a tokenizer made from our SentencePiece model, convert it
+    with CTranslate2's Transformers converter (what ``ct2-transformers-converter`` runs)."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    hf_dir = out / "hf"
+    model.save_pretrained(hf_dir)
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    vocab = {sp.id_to_piece(i): i for i in range(1, sp.get_piece_size())}
+    vocab |= {"<blank>": 0, "<pad>": sp.get_piece_size()}  # Marian's pad is its last token
+    (hf_dir / "vocab.json").write_text(json.dumps(vocab))
+    for name in ("source.spm", "target.spm"):
+        shutil.copy(tokenizer_model, hf_dir / name)
+    (hf_dir / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "MarianTokenizer", "source_lang": "en", "target_lang": "de"})
+    )
+    ct2_dir = out / "ct2"
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir), force=True)
+    return ct2_dir
+
+
+def run_s2s(model, batches, beam: int, length: int) -> None:
+    for batch in batches:
+        src, _ = pad(batch)
+        if beam == 1:
+            greedy_search(model, src, 0, length, min_len=length)
+        else:
+            beam_search(model, src, beam, 0, length, min_len=length)
+
+
+@torch.inference_mode()
+def run_hf(marian, batches, beam: int, length: int) -> None:
+    for batch in batches:
+        src, mask = pad(batch)
+        marian.generate(
+            input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
+            max_new_tokens=length, min_new_tokens=length, early_stopping=False,
+        )  # fmt: skip
+
+
+def run_ct2(translator, piece_batches, beam: int, length: int) -> None:
+    for batch in piece_batches:
+        translator.translate_batch(
+            batch, beam_size=beam, max_decoding_length=length, min_decoding_length=length,
+            max_batch_size=64,
+        )  # fmt: skip
+
+
+def engine_table(args, tokenizer: Tokenizer, proto_path: Path, sentences: list[str], work: Path):
+    import ctranslate2
+
+    batches = batches_of([ids[:64] for ids in tokenizer.encode(sentences)])
+    # CTranslate2 takes pieces; s2s's export appends eos itself, the Marian model does not.
+    pieces = [[tokenizer.id_to_piece(b) for b in batch] for batch in batches]
+    marian_pieces = [[p + ["</s>"] for p in batch] for batch in pieces]
+    rows = []
+    torch.set_num_threads(THREADS)
+    for preset in args.presets.split(","):
+        cfg = model_preset(preset, {"vocab_size": tokenizer.vocab_size, "dropout": 0.0})
+        torch.manual_seed(0)
+        ours = build_model(cfg).eval()
+        marian = marian_model(cfg, tokenizer.vocab_size)
+        ckpt = work / f"{preset}-checkpoint"
+        save_checkpoint(str(ckpt), ours, cfg, proto_path.read_bytes(), {"step": 0})
+        ours_ct2 = export_ctranslate2(str(ckpt), str(work / f"{preset}-s2s-ct2"))
+        marian_ct2 = convert_marian(marian, proto_path, work / preset)
+
+        def ct2(path, compute_type):
+            return ctranslate2.Translator(
+                str(path), device="cpu", compute_type=compute_type, intra_threads=THREADS
+            )
+
+        for beam in (1, 4):
+            engines = {
+                "s2s": partial(run_s2s, ours, batches),
+                "hf": partial(run_hf, marian, batches),
+                "ct2 fp32": partial(run_ct2, ct2(marian_ct2, "float32"), marian_pieces),
+                "ct2 int8": partial(run_ct2, ct2(marian_ct2, "int8"), marian_pieces),
+                "s2s-ct2 fp32": partial(run_ct2, ct2(ours_ct2, "float32"), pieces),
+                "s2s-ct2 int8": partial(run_ct2, ct2(ours_ct2, "int8"), pieces),
+            }
+            n_tokens = len(sentences) * args.length
+            row = {"preset": preset, "beam": beam}
+            for name, run in engines.items():
+                seconds = timed(partial(run, beam, args.length), repeats=1 if name == "hf" else 2)
+                row[name] = n_tokens / seconds
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
+    """The Ray Data job on documents against the engine alone on the same sentences."""
+    import ray
+
+    cfg_model = model_preset(
+        "transformer-small", {"vocab_size": Tokenizer(tokenizer_proto).vocab_size}
+    )
+    torch.manual_seed(0)
+    ckpt = work / "job-checkpoint"
+    save_checkpoint(
+        str(ckpt), build_model(cfg_model).eval(), cfg_model, tokenizer_proto, {"step": 0}
+    )
+    sentences = [s for s, _ in pairs]
+    docs = work / "docs"
+    docs.mkdir(parents=True, exist_ok=True)
+    per_doc, per_file = 6, 100
+    documents = [
+        " ".join(sentences[i : i + 3]) + "\n\n" + " ".join(sentences[i + 3 : i + per_doc])
+        for i in range(0, len(sentences) - per_doc + 1, per_doc)
+    ]
+    for f in range(0, len(documents), per_file):
+        with open(docs / f"part-{f // per_file:04d}.jsonl", "w") as out:
+            for n, text in enumerate(documents[f : f + per_file]):
+                out.write(json.dumps({"id": f + n, "text": text}) + "\n")
+    settings = {"model": str(ckpt), "beam": args.job_beam, "torch_threads": THREADS}
+    engine = Translator(TranslateConfig(**settings))
+    torch.set_num_threads(THREADS)
+    from s2s.segment import split_document
+
+    segments = [s for d in documents for s in split_document(d)[0]]
+    start = time.perf_counter()
+    engine.translate_sentences(segments)
+    engine_s = time.perf_counter() - start
+
+    ray.init(num_cpus=THREADS, logging_level="WARNING")
+    cfg = TranslateConfig(
+        **settings, input=str(docs), output=str(work / "translations"), overwrite=True,
+        concurrency="1", cpus_per_actor=THREADS, piece_mb=0.1,
+    )  # fmt: skip
+    start = time.perf_counter()
+    summary = translate(cfg).summary
+    job_s = time.perf_counter() - start
+
+    big = work / "big"
+    big.mkdir(exist_ok=True)
+    text = []
+    while sum(map(len, text)) < 5_000_000:
+        text.append(
+            " ".join(sentences[len(text) % len(sentences) : len(text) % len(sentences) + 5])
+        )
+    (big / "doc.txt").write_text("\n\n".join(text))
+    with PeakSampler(lambda: largest_rss("_PieceTranslator")) as peak:
+        big_summary = translate(
+            TranslateConfig(
+                model=str(ckpt), beam=1, torch_threads=THREADS, input=str(big),
+                output=str(work / "big-out"), overwrite=True, cpus_per_actor=THREADS,
+                max_document_chars=6_000_000, max_len_a=1.0, max_len_b=5,
+            )
+        ).summary  # fmt: skip
+    ray.shutdown()
+    return {
+        "documents": len(documents), "sentences": len(segments), "engine_s": engine_s,
+        "job_s": job_s, "job_summary": summary, "big_doc_chars": sum(map(len, text)),
+        "big_doc_seconds": big_summary["seconds"], "big_doc_sentences": big_summary["sentences"],
+        "actor_peak_rss_mb": peak.peak / 2**20,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=256, help="per engine and setting")
+    parser.add_argument("--length", type=int, default=24, help="forced output tokens")
+    parser.add_argument("--presets", default="transformer-small,transformer-base")
+    parser.add_argument("--job-sentences", type=int, default=3000)
+    parser.add_argument("--job-beam", type=int, default=4)
+    parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--workdir", default="bench-output/translate")
+    args = parser.parse_args()
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    train_pairs = read_tsv("train.tsv.gz", 60_000)
+    proto = train_tokenizer([s for p in train_pairs for s in p], vocab_size=8000)
+    proto_path = work / "tokenizer.model"
+    proto_path.write_bytes(proto)
+    tokenizer = Tokenizer(proto)
+    test_pairs = read_tsv("test.tsv.gz", 2000)
+    sentences = [s for s, _ in test_pairs[: args.sentences]]
+
+    rows = engine_table(args, tokenizer, proto_path, sentences, work)
+    print(f"\nEngines: output tokens/s ({args.sentences} sentences, batches of 64, {args.length} "
+          f"tokens forced, {THREADS} threads)\n")  # fmt: skip
+    names = ["s2s", "s2s-ct2 fp32", "s2s-ct2 int8", "hf", "ct2 fp32", "ct2 int8"]
+    print(
+        "| model | search | " + " | ".join(names) + " | s2s/hf | s2s/ct2 fp32 | s2s-ct2/ct2 fp32 |"
+    )
+    print("|" + " --- |" * (len(names) + 5))
+    for r in rows:
+        cells = " | ".join(f"{r[n]:,.0f}" for n in names)
+        search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
+        ratios = [r["s2s"] / r["hf"], r["s2s"] / r["ct2 fp32"], r["s2s-ct2 fp32"] / r["ct2 fp32"]]
+        print(f"| {r['preset']} | {search} | {cells} | " + " | ".join(f"{x:.2f}x" for x in ratios))
+
+    if not args.skip_job:
+        job_pairs = read_tsv("test.tsv.gz", args.job_sentences)
+        result = job_vs_engine(args, proto, job_pairs, work)
+        print(f"\nRay Data job vs engine alone ({result['documents']} documents, "
+              f"{result['sentences']} sentences, beam {args.job_beam}):")  # fmt: skip
+        print(f"  engine alone {result['engine_s']:.1f} s, job {result['job_s']:.1f} s: "
+              f"job/engine speed {result['engine_s'] / result['job_s']:.2f}x")  # fmt: skip
+        print(f"  5 MB document ({result['big_doc_chars']:,} chars, "
+              f"{result['big_doc_sentences']:,} sentences, greedy): {result['big_doc_seconds']:.0f}"
+              f" s, actor peak RSS {result['actor_peak_rss_mb']:.0f} MB")  # fmt: skip
+        (work / "job.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

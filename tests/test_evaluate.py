@@ -1,0 +1,67 @@
+"""s2s evaluate: sacreBLEU scores of exactly what the engine outputs, on a TSV or a prepared
+split, through the library and the command line."""
+
+import json
+
+import pytest
+import sacrebleu
+
+from s2s.cli import main
+from s2s.config import ConfigError, EvaluateConfig, PrepareConfig
+from s2s.evaluate import evaluate
+from s2s.prepare import prepare_corpus
+from s2s.translator import Translator
+
+
+@pytest.fixture(scope="module")
+def pairs(gettext_pairs):
+    return gettext_pairs[4000:4060]  # not in the toy model's training slice
+
+
+def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path):
+    sources = [s for s, _ in pairs]
+    outputs = [
+        r.translation
+        for r in Translator(EvaluateConfig(model=toy_checkpoint, beam=4)).translate_sentences(
+            sources
+        )
+    ]
+    real = tmp_path / "real.tsv"
+    real.write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    report = evaluate(
+        EvaluateConfig(model=toy_checkpoint, data=str(real), output=str(tmp_path / "e"))
+    )
+    refs = [t for _, t in pairs]
+    assert report["bleu"] == round(sacrebleu.corpus_bleu(outputs, [refs]).score, 2)
+    assert report["chrf"] == round(sacrebleu.corpus_chrf(outputs, [refs]).score, 2)
+    assert report["signature"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert (tmp_path / "e" / "hypotheses.txt").read_text().splitlines() == outputs
+    assert json.loads((tmp_path / "e" / "scores.json").read_text()) == report
+
+    # References that are the model's own outputs score 100: nothing is lost between the two.
+    own = tmp_path / "own.tsv"
+    own.write_text("".join(f"{s}\t{o}\n" for s, o in zip(sources, outputs)))
+    assert evaluate(EvaluateConfig(model=toy_checkpoint, data=str(own)))["bleu"] == 100.0
+
+
+def test_evaluate_a_prepared_split_from_the_command_line(
+    ray_local, toy_checkpoint, gettext_pairs, tmp_path, capsys
+):
+    raw = tmp_path / "pairs.tsv"
+    raw.write_text("".join(f"{s}\t{t}\n" for s, t in gettext_pairs[:1500]))
+    corpus = str(tmp_path / "prepared")
+    prepare_corpus(
+        PrepareConfig(inputs=[str(raw)], output=corpus, vocab_size=600, valid_size=50, test_size=40)
+    )
+    code = main(
+        ["evaluate", "--model", toy_checkpoint, "--data", corpus, "--beam", "1", "limit=30"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["sentences"] == 30 and report["split"] == "test"
+    assert 0 <= report["bleu"] <= 100 and report["beam"] == 1
+
+    assert main(["evaluate", "--model", toy_checkpoint, "--data", str(raw), "split=train"]) == 2
+    assert "split='train' is not one of: valid, test" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no tab"):
+        (tmp_path / "bad.tsv").write_text("just a source\n")
+        evaluate(EvaluateConfig(model=toy_checkpoint, data=str(tmp_path / "bad.tsv")))

@@ -17,7 +17,7 @@ Then the whole ``s2s translate`` job (Ray Data, one translator actor, real docum
 sentences each) against the engine alone (``Translator.translate_sentences``) on the same
 sentences, and the translator actor's peak private memory on one 5 MB document.
 
-    python jobs/bench_translate.py [--sentences 256] [--length 24] [--skip-job]
+    python jobs/bench_translate.py [--sentences 256] [--length 24] [--parts engines,job]
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
     ray.init(num_cpus=THREADS, logging_level="WARNING")
     cfg = TranslateConfig(
         **settings, input=str(docs), output=str(work / "translations"), overwrite=True,
-        concurrency="1", cpus_per_actor=THREADS, piece_mb=0.1,
+        concurrency="1", cpus_per_actor=THREADS,
     )  # fmt: skip
     start = time.perf_counter()
     summary = translate(cfg).summary
@@ -266,9 +266,9 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=256, help="per engine and setting")
     parser.add_argument("--length", type=int, default=24, help="forced output tokens")
     parser.add_argument("--presets", default="transformer-small,transformer-base")
-    parser.add_argument("--job-sentences", type=int, default=3000)
+    parser.add_argument("--job-sentences", type=int, default=6000)
     parser.add_argument("--job-beam", type=int, default=4)
-    parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--parts", default="engines,job", help="engines, job (incl. 5 MB doc)")
     parser.add_argument("--workdir", default="bench-output/translate")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
@@ -283,21 +283,34 @@ def main() -> None:
     test_pairs = read_tsv("test.tsv.gz", 2000)
     sentences = [s for s, _ in test_pairs[: args.sentences]]
 
-    rows = engine_table(args, tokenizer, proto_path, sentences, work)
-    print(f"\nEngines: output tokens/s ({args.sentences} sentences, batches of 64, {args.length} "
-          f"tokens forced, {THREADS} threads)\n")  # fmt: skip
-    names = ["s2s", "s2s-ct2 fp32", "s2s-ct2 int8", "hf", "ct2 fp32", "ct2 int8"]
-    print(
-        "| model | search | " + " | ".join(names) + " | s2s/hf | s2s/ct2 fp32 | s2s-ct2/ct2 fp32 |"
+    rows = (
+        engine_table(args, tokenizer, proto_path, sentences, work)
+        if "engines" in args.parts
+        else []
     )
-    print("|" + " --- |" * (len(names) + 5))
-    for r in rows:
-        cells = " | ".join(f"{r[n]:,.0f}" for n in names)
-        search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
-        ratios = [r["s2s"] / r["hf"], r["s2s"] / r["ct2 fp32"], r["s2s-ct2 fp32"] / r["ct2 fp32"]]
-        print(f"| {r['preset']} | {search} | {cells} | " + " | ".join(f"{x:.2f}x" for x in ratios))
+    if rows:
+        print(f"\nEngines: output tokens/s ({args.sentences} sentences, batches of 64, "
+              f"{args.length} tokens forced, {THREADS} threads)\n")  # fmt: skip
+        names = ["s2s", "s2s-ct2 fp32", "s2s-ct2 int8", "hf", "ct2 fp32", "ct2 int8"]
+        print(
+            "| model | search | "
+            + " | ".join(names)
+            + " | s2s/hf | s2s/ct2 fp32 | s2s-ct2/ct2 fp32 |"
+        )
+        print("|" + " --- |" * (len(names) + 5))
+        for r in rows:
+            cells = " | ".join(f"{r[n]:,.0f}" for n in names)
+            search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
+            ratios = [
+                r["s2s"] / r["hf"],
+                r["s2s"] / r["ct2 fp32"],
+                r["s2s-ct2 fp32"] / r["ct2 fp32"],
+            ]
+            print(
+                f"| {r['preset']} | {search} | {cells} | " + " | ".join(f"{x:.2f}x" for x in ratios)
+            )
 
-    if not args.skip_job:
+    if "job" in args.parts:
         job_pairs = read_tsv("test.tsv.gz", args.job_sentences)
         result = job_vs_engine(args, proto, job_pairs, work)
         print(f"\nRay Data job vs engine alone ({result['documents']} documents, "

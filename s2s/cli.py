@@ -2,7 +2,8 @@
 
 Settings come from the config dataclasses: defaults < ``--config FILE`` < flags < ``key=value``.
 Every field of a stage's config is also a flag (``vocab_size`` -> ``--vocab-size``). A user error
-(bad setting, missing input, unreachable bucket) prints one line naming it and exits with 2.
+(bad setting, missing input, unreachable bucket) prints one line naming it and exits with 2; a
+translate run that finds another one writing to its output exits with 3 (nothing done).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from s2s.config import (
     load_config,
     model_preset,
 )
+from s2s.lease import LeaseHeld
 from s2s.manifest import ManifestError
 
 __all__ = ["main"]
@@ -263,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, storage.StorageError, ManifestError) as err:
         print(f"s2s: error: {err}", file=sys.stderr)
         return 2
+    except LeaseHeld as err:  # a scheduler retries later; nothing was written
+        print(f"s2s: busy: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -306,6 +306,9 @@ class TranslateConfig(DecodeConfig):
     piece_mb: float = 4.0
     # Longer documents get an error row instead of a translation (memory and time bound).
     max_document_chars: int = 1_000_000
+    # One run at a time per output prefix: a lease renewed every ttl/3; a dead run's lease
+    # expires after this long and the next run takes over and finishes its work.
+    lease_ttl_s: float = 120.0
 
     def validate(self) -> None:
         super().validate()

@@ -238,3 +238,48 @@ def test_an_unreadable_input_fails_alone_with_exit_status_1(
     assert "translated 1 of 2 inputs" in printed
     assert read_jsonl(str(tmp_path / "out" / "good.jsonl"))[0]["id"] == "a"
     assert not (tmp_path / "out" / "broken.jsonl").exists()
+
+
+def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
+    ray_local, toy_checkpoint, tmp_path
+):
+    import subprocess
+    import sys
+
+    import ray
+
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    docs.mkdir()
+    lines = [json.dumps({"id": n, "text": GOOD[n % len(GOOD)]}) for n in range(300)]
+    (docs / "big.jsonl").write_text("\n".join(lines) + "\n")
+    settings = ["--model", toy_checkpoint, "--input", str(docs), "--output", str(out),
+                "--beam", "4", "piece_mb=0.001", "cpus_per_actor=0.5", "torch_threads=1",
+                "lease_ttl_s=6"]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "s2s.cli", "translate", *settings], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("_work/*/*.parquet"))) < 3 and time.time() < deadline:
+            assert first.poll() is None, "the first run ended before it could be interrupted"
+            time.sleep(0.1)
+        # While it runs, a second run on the same output does nothing and says why.
+        assert main(["translate", *settings]) == 3
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the run dies halfway: no output file, no release
+        first.wait()
+    assert not (out / "big.jsonl").exists() and (out / "_lease.json").exists()
+
+    time.sleep(6)  # the dead run's lease expires; the next run takes over and finishes
+    summary = translate(
+        TranslateConfig(
+            model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
+            cpus_per_actor=0.5, torch_threads=1,
+        )
+    ).summary  # fmt: skip
+    assert summary["pieces"]["reused_from_earlier_run"] >= 3
+    rows = read_jsonl(str(out / "big.jsonl"))
+    assert [r["id"] for r in rows] == [str(n) for n in range(300)]
+    assert not (out / "_lease.json").exists()

@@ -17,7 +17,7 @@ Then the whole ``s2s translate`` job (Ray Data, one translator actor, real docum
 sentences each) against the engine alone (``Translator.translate_sentences``) on the same
 sentences, and the translator actor's peak private memory on one 5 MB document.
 
-    python jobs/bench_translate.py [--sentences 256] [--length 24] [--parts engines,job]
+    python jobs/bench_translate.py [--sentences 256] [--length 24] [--parts engines,job,bigdoc]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from s2s.config import TranslateConfig, model_preset
 from s2s.export import export_ctranslate2
 from s2s.models import build_model
 from s2s.search import beam_search, greedy_search
+from s2s.segment import split_document
 from s2s.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 from s2s.translate import translate
 from s2s.translator import Translator
@@ -220,21 +221,26 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
     settings = {"model": str(ckpt), "beam": args.job_beam, "torch_threads": THREADS}
     engine = Translator(TranslateConfig(**settings))
     torch.set_num_threads(THREADS)
-    from s2s.segment import split_document
-
     segments = [s for d in documents for s in split_document(d)[0]]
-    start = time.perf_counter()
-    engine.translate_sentences(segments)
-    engine_s = time.perf_counter() - start
-
     ray.init(num_cpus=THREADS, logging_level="WARNING")
     cfg = TranslateConfig(
         **settings, input=str(docs), output=str(work / "translations"), overwrite=True,
         concurrency="1", cpus_per_actor=THREADS,
     )  # fmt: skip
-    start = time.perf_counter()
-    summary = translate(cfg).summary
-    job_s = time.perf_counter() - start
+    # Alternated and best-of-2: this machine is shared, and a one-off reading drifts by 10%.
+    engine_s = job_s = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.translate_sentences(segments)
+        engine_s = min(engine_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        summary = translate(cfg).summary
+        job_s = min(job_s, time.perf_counter() - start)
+    result = {"documents": len(documents), "sentences": len(segments), "engine_s": engine_s,
+              "job_s": job_s, "job_summary": summary}  # fmt: skip
+    if "bigdoc" not in args.parts:
+        ray.shutdown()
+        return result
 
     big = work / "big"
     big.mkdir(exist_ok=True)
@@ -254,10 +260,8 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
         ).summary  # fmt: skip
     ray.shutdown()
     return {
-        "documents": len(documents), "sentences": len(segments), "engine_s": engine_s,
-        "job_s": job_s, "job_summary": summary, "big_doc_chars": sum(map(len, text)),
-        "big_doc_seconds": big_summary["seconds"], "big_doc_sentences": big_summary["sentences"],
-        "actor_peak_rss_mb": peak.peak / 2**20,
+        **result, "big_doc_chars": sum(map(len, text)), "big_doc_seconds": big_summary["seconds"],
+        "big_doc_sentences": big_summary["sentences"], "actor_peak_rss_mb": peak.peak / 2**20,
     }  # fmt: skip
 
 
@@ -268,7 +272,7 @@ def main() -> None:
     parser.add_argument("--presets", default="transformer-small,transformer-base")
     parser.add_argument("--job-sentences", type=int, default=6000)
     parser.add_argument("--job-beam", type=int, default=4)
-    parser.add_argument("--parts", default="engines,job", help="engines, job (incl. 5 MB doc)")
+    parser.add_argument("--parts", default="engines,job,bigdoc", help="what to measure")
     parser.add_argument("--workdir", default="bench-output/translate")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
@@ -311,15 +315,20 @@ def main() -> None:
             )
 
     if "job" in args.parts:
-        job_pairs = read_tsv("test.tsv.gz", args.job_sentences)
+        # Unseen by the tokenizer (test, valid), then training pairs beyond its sample.
+        job_pairs = read_tsv("test.tsv.gz", 2000) + read_tsv("valid.tsv.gz", 2000)
+        job_pairs += read_tsv("train.tsv.gz", 62_000)[60_000:]
+        job_pairs = job_pairs[: args.job_sentences]
         result = job_vs_engine(args, proto, job_pairs, work)
         print(f"\nRay Data job vs engine alone ({result['documents']} documents, "
               f"{result['sentences']} sentences, beam {args.job_beam}):")  # fmt: skip
         print(f"  engine alone {result['engine_s']:.1f} s, job {result['job_s']:.1f} s: "
               f"job/engine speed {result['engine_s'] / result['job_s']:.2f}x")  # fmt: skip
-        print(f"  5 MB document ({result['big_doc_chars']:,} chars, "
-              f"{result['big_doc_sentences']:,} sentences, greedy): {result['big_doc_seconds']:.0f}"
-              f" s, actor peak RSS {result['actor_peak_rss_mb']:.0f} MB")  # fmt: skip
+        if "bigdoc" in args.parts:
+            print(f"  5 MB document ({result['big_doc_chars']:,} chars, "
+                  f"{result['big_doc_sentences']:,} sentences, greedy): "
+                  f"{result['big_doc_seconds']:.0f} s, actor peak RSS "
+                  f"{result['actor_peak_rss_mb']:.0f} MB")  # fmt: skip
         (work / "job.json").write_text(json.dumps(result, indent=2))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -495,3 +496,54 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _field_notes(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source: the lines just above it plus a trailing one."""
+    import inspect
+
+    notes, above = {}, []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"(\w+): [^=]+=(.*)$", stripped)
+        if match and line.startswith("    ") and not line.startswith("     "):
+            trailing = match.group(2).split("  # ", 1)[1] if "  # " in match.group(2) else ""
+            notes[match.group(1)] = " ".join(above + [trailing]).strip()
+        above = []
+    return notes
+
+
+def config_reference() -> str:
+    """The README's configuration reference, generated from the dataclasses (a test keeps the
+    README in sync: regenerate with ``python -m s2s.config``)."""
+    sections = [
+        ("prepare", PrepareConfig, ""),
+        ("train", TrainConfig, ""),
+        ("train.model", ModelConfig, "model."),
+        ("translate and evaluate: decoding", DecodeConfig, ""),
+        ("translate", TranslateConfig, ""),
+        ("evaluate", EvaluateConfig, ""),
+    ]
+    out = []
+    for title, cls, prefix in sections:
+        own = {f.name for f in dataclasses.fields(cls)}
+        for base in cls.__mro__[1:]:
+            if dataclasses.is_dataclass(base):
+                own -= {f.name for f in dataclasses.fields(base)}
+        notes, defaults = _field_notes(cls), cls()
+        out += [f"**{title}** (`{cls.__name__}`)", "", "| key | default | |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if f.name not in own or dataclasses.is_dataclass(getattr(defaults, f.name)):
+                continue
+            default = getattr(defaults, f.name)
+            shown = "" if default in ("", [], None) else f"`{default}`"
+            out.append(f"| `{prefix}{f.name}` | {shown} | {notes.get(f.name, '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(config_reference())

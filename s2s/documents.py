@@ -33,6 +33,7 @@ __all__ = [
     "read_piece",
     "result_table",
     "write_output",
+    "count_documents",
     "count_output_rows",
 ]
 
@@ -313,6 +314,18 @@ def write_output(table: pa.Table, uri: str, out_format: str) -> None:
             json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()
         ).encode()
     storage.write_bytes(uri, data)
+
+
+def count_documents(source: InputFile) -> int:
+    """Documents in an input file, counted independently of the pieces (the run's final check)."""
+    if source.format == "parquet":
+        return _parquet_file(source.uri).metadata.num_rows
+    if source.format == "text":
+        return 1
+    data = _read_all(source.uri) if source.name.endswith(_COMPRESSION) else (
+        storage.read_bytes(source.uri)
+    )  # fmt: skip
+    return sum(1 for line in data.split(b"\n") if line.strip())
 
 
 def count_output_rows(uri: str, out_format: str) -> int:

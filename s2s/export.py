@@ -121,11 +121,12 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
     return output
 
 
-def local_ctranslate2_model(uri: str, cache: str) -> str:
-    """A local directory holding the exported model at ``uri`` (downloaded into ``cache`` when
-    on S3: CTranslate2 reads local files only)."""
+def local_ctranslate2_model(uri: str) -> str:
+    """A local directory holding the exported model at ``uri`` (downloaded into a temporary
+    directory when on S3: CTranslate2 reads local files only)."""
     if not storage.is_s3(uri):
         return uri
+    cache = tempfile.mkdtemp(prefix="s2s-ct2-")
     for ref in storage.expand(uri):
         name = ref.uri[len(uri.rstrip("/")) + 1 :]
         with open(os.path.join(cache, name), "wb") as f:

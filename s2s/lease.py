@@ -1,15 +1,17 @@
 """A lease on an output prefix: at most one translate run writes there at a time.
 
 The lease is one small object, ``<output>/_lease.json`` (owner, acquired, expires). Creating it
-is a conditional write (S3's ``If-None-Match: *`` on AWS S3 and MinIO; a local ``O_EXCL``
-create), so of two runs starting together exactly one wins. The holder renews it every ``ttl/3``
+is a conditional write (S3's ``If-None-Match: *`` on AWS S3 and MinIO; locally under an exclusive
+``flock``), so of two runs starting together exactly one wins. The holder renews it every ``ttl/3``
 (S3: ``If-Match`` its own ETag). A lease whose holder died expires; the next run takes it over
-(S3: ``If-Match`` the stale ETag; local: an atomic rename of the stale file), so of several runs
-waiting exactly one gets it, and that run finishes what the dead one left.
+(S3: ``If-Match`` the stale ETag; local: read, check and write under an exclusive ``flock``), so
+of several runs waiting exactly one gets it, and that run finishes what the dead one left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -65,19 +67,36 @@ class Lease:
         Raises:
             LeaseHeld: when another run holds a lease that has not expired.
         """
-        if not self._create():
-            holder, etag = self._read()
-            if holder and holder["expires"] > time.time():
-                raise LeaseHeld(
-                    f"another translate run ({holder['owner']}, since "
-                    f"{time.strftime('%H:%M:%S', time.localtime(holder['acquired']))}) holds "
-                    f"{self.uri} for {holder['expires'] - time.time():.0f} s more; nothing done"
-                )
-            if not self._take_over(etag):
-                raise LeaseHeld(f"another run took over the expired lease {self.uri} first")
-            log.warning("took over the expired lease of %s", holder["owner"] if holder else "?")
+        if storage.is_s3(self.uri):
+            holder = self._acquire_s3()
+        else:
+            with self._local_lock():
+                holder, _ = self._read()
+                if holder and holder["expires"] > time.time():
+                    raise LeaseHeld(self._held_message(holder))
+                storage.write_bytes(self.uri, self._body())
+        if holder:
+            log.warning("took over the expired lease of %s", holder["owner"])
         self._thread = threading.Thread(target=self._renew_loop, daemon=True)
         self._thread.start()
+
+    def _held_message(self, holder: dict) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(holder["acquired"]))
+        return (
+            f"another translate run ({holder['owner']}, since {since}) holds {self.uri} for "
+            f"{holder['expires'] - time.time():.0f} s more; nothing done"
+        )
+
+    def _acquire_s3(self) -> dict | None:
+        """Create the lease object, or replace an expired one; the holder replaced, if any."""
+        if self._put(IfNoneMatch="*"):
+            return None
+        holder, etag = self._read()
+        if holder and holder["expires"] > time.time():
+            raise LeaseHeld(self._held_message(holder))
+        if etag is None or not self._put(IfMatch=etag):  # another contender was faster
+            raise LeaseHeld(f"another run took over the expired lease {self.uri} first")
+        return holder
 
     def check(self) -> None:
         """Raises LeaseLost if renewing failed: another run may be writing now."""
@@ -88,9 +107,11 @@ class Lease:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        holder, _ = self._read()
-        if holder and holder["owner"] == self.owner:
-            self._delete()
+        lock = contextlib.nullcontext() if storage.is_s3(self.uri) else self._local_lock()
+        with lock:
+            holder, _ = self._read()
+            if holder and holder["owner"] == self.owner:
+                self._delete()
 
     # -- storage -----------------------------------------------------------------------------
 
@@ -100,33 +121,37 @@ class Lease:
             {"owner": self.owner, "acquired": now, "expires": now + self.ttl_s}
         ).encode()
 
+    @contextlib.contextmanager
+    def _local_lock(self):
+        """On a local filesystem, read-check-write under an exclusive flock of a sidecar file."""
+        path = storage.filesystem(self.uri)[1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _s3(self):
         bucket, _, key = self.uri.removeprefix("s3://").partition("/")
         return storage._boto3_client(), bucket, key
 
-    def _create(self) -> bool:
-        if storage.is_s3(self.uri):
-            client, bucket, key = self._s3()
-            try:
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=key, Body=self._body(), IfNoneMatch="*"
-                )["ETag"]
-                return True
-            except Exception as err:
-                if _precondition_failed(err):
-                    return False
-                raise storage.StorageError(f"{self.uri}: {storage.describe_error(err)}") from None
-        path = storage.filesystem(self.uri)[1]
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    def _put(self, **condition) -> bool:
+        """Conditional S3 write of our lease; False when the condition does not hold."""
+        client, bucket, key = self._s3()
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._body())
-        return True
+            self._etag = client.put_object(Bucket=bucket, Key=key, Body=self._body(), **condition)[
+                "ETag"
+            ]
+            return True
+        except Exception as err:
+            if _precondition_failed(err):
+                return False
+            raise storage.StorageError(f"{self.uri}: {storage.describe_error(err)}") from None
 
     def _read(self) -> tuple[dict | None, str | None]:
+        """(lease, ETag on S3) or (None, None) when there is none."""
         if storage.is_s3(self.uri):
             client, bucket, key = self._s3()
             try:
@@ -142,45 +167,19 @@ class Lease:
         except (FileNotFoundError, json.JSONDecodeError):
             return None, None
 
-    def _take_over(self, stale_etag: str | None) -> bool:
-        if storage.is_s3(self.uri):
-            client, bucket, key = self._s3()
-            try:
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=key, Body=self._body(), IfMatch=stale_etag
-                )["ETag"]
-                return True
-            except Exception as err:
-                if _precondition_failed(err) or stale_etag is None:
-                    return False
-                raise storage.StorageError(f"{self.uri}: {storage.describe_error(err)}") from None
-        path = storage.filesystem(self.uri)[1]
-        moved = f"{path}.expired-{uuid.uuid4().hex[:8]}"
-        try:  # only one of several runs can move the stale file away
-            os.rename(path, moved)
-        except FileNotFoundError:
-            return False
-        os.remove(moved)
-        return self._create()
-
     def _renew(self) -> bool:
         if storage.is_s3(self.uri):
-            client, bucket, key = self._s3()
             try:
-                self._etag = client.put_object(
-                    Bucket=bucket, Key=key, Body=self._body(), IfMatch=self._etag
-                )["ETag"]
-                return True
-            except Exception as err:
-                if _precondition_failed(err):
-                    return False
+                return self._put(IfMatch=self._etag)
+            except storage.StorageError as err:  # a network blip: try again next time
                 log.warning("%s: renewing failed (%s); retrying", self.uri, err)
                 return True
-        holder, _ = self._read()
-        if not holder or holder["owner"] != self.owner:
-            return False
-        storage.write_bytes(self.uri, self._body())
-        return True
+        with self._local_lock():
+            holder, _ = self._read()
+            if not holder or holder["owner"] != self.owner:
+                return False
+            storage.write_bytes(self.uri, self._body())
+            return True
 
     def _delete(self) -> None:
         if storage.is_s3(self.uri):

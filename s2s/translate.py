@@ -38,6 +38,7 @@ from s2s.documents import (
     Documents,
     InputFile,
     Piece,
+    count_documents,
     count_output_rows,
     plan_outputs,
     plan_pieces,
@@ -78,12 +79,13 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
         ConfigError, StorageError: before any work, for bad settings or unreachable storage.
     """
     cfg.validate()
+    # Absolute paths: Ray workers do not share the driver's working directory.
     cfg = dataclasses.replace(
         cfg,
         input=storage.absolute(cfg.input),
         output=storage.absolute(cfg.output),
         model=storage.absolute(cfg.model),
-    )  # fmt: skip  (Ray workers do not share the driver's working directory)
+    )
     started = time.time()
     files = storage.check_inputs([cfg.input])
     storage.check_output(cfg.output)
@@ -121,12 +123,21 @@ def _translate_under_lease(
     totals = Counter()
     error_samples: list[str] = list(failed.values())
     remaining = Counter(p.input for p in pending)
+    finished: list[int] = []
     rows_written = 0
-    finished = []
-    for i in todo:  # inputs all of whose pieces an earlier run finished
-        if not remaining[i]:
+
+    def finish(i: int) -> None:
+        nonlocal rows_written
+        try:
             rows_written += _finish(inputs[i], pieces[i], cfg.format)
             finished.append(i)
+        except storage.StorageError as err:  # reported; the other inputs go on
+            failed[i] = str(err)
+            error_samples.append(str(err))
+
+    for i in todo:  # inputs all of whose pieces an earlier run finished
+        if not remaining[i]:
+            finish(i)
     if pending:
         for summary in _run_pieces(cfg, inputs, pending, model_id):
             lease.check()
@@ -135,11 +146,10 @@ def _translate_under_lease(
                 failed[i] = summary["failed"]
                 error_samples.append(summary["failed"])
             totals.update({key: summary[key] for key in _COUNTS})
-            error_samples += summary["error_samples"][: _ERROR_SAMPLES - len(error_samples)]
+            error_samples += summary["error_samples"][: max(0, _ERROR_SAMPLES - len(error_samples))]
             remaining[i] -= 1
             if not remaining[i] and i not in failed:
-                rows_written += _finish(inputs[i], pieces[i], cfg.format)
-                finished.append(i)
+                finish(i)
     seconds = time.time() - started
     summary = {
         "s2s_version": __version__,
@@ -177,6 +187,8 @@ def _translate_under_lease(
 def _decode_settings(cfg: TranslateConfig) -> dict:
     """What changes a translation; a piece from a run with other settings is not reused."""
     keys = (
+        "engine",
+        "compute_type",
         "beam",
         "length_penalty",
         "max_len_a",
@@ -189,18 +201,23 @@ def _decode_settings(cfg: TranslateConfig) -> dict:
         "keep_source",
         "input_format",
     )
-    # fmt: skip
     return {k: getattr(cfg, k) for k in keys}
 
 
 def _finish(source: InputFile, pieces: list[Piece], out_format: str) -> int:
     """Write an input's output file from its pieces, check its row count, drop the pieces."""
     table = pa.concat_tables([_read_work(p.work) for p in pieces])
+    expected = count_documents(source)
+    if table.num_rows != expected:  # the input changed under the run: redo it next time
+        storage.remove_tree(pieces[0].work.rsplit("/", 1)[0])
+        raise storage.StorageError(
+            f"{source.uri}: {table.num_rows} documents translated, {expected} in the file now"
+        )
     write_output(table, source.output, out_format)
     written = count_output_rows(source.output, out_format)
-    if written != table.num_rows:
+    if written != expected:
         raise storage.StorageError(
-            f"{source.output}: wrote {written} rows for {table.num_rows} documents"
+            f"{source.output}: wrote {written} rows for {expected} documents"
         )
     storage.remove_tree(pieces[0].work.rsplit("/", 1)[0])
     log.info("%s: %d documents -> %s", source.name, table.num_rows, source.output)
@@ -312,7 +329,11 @@ class _PieceTranslator:
                 table = self._table(docs, mine)
                 _write_work(table, piece.work)
                 errors = table.column("error").to_pylist()
-                samples = [f"{source.name}: id {i}: {e}" for i, e in zip(docs.ids, errors) if e]
+                samples = [
+                    f"{source.name}: id {i}: {e}" if i is not None else e
+                    for i, e in zip(docs.ids, errors)
+                    if e
+                ]
                 counts.update(
                     documents=len(mine),
                     errors=len(samples),

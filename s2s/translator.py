@@ -90,7 +90,7 @@ def _load_ctranslate2(cfg: DecodeConfig, device: torch.device):
     if not storage.exists(storage.join(cfg.model, EXPORT_INFO)):
         exported = export_ctranslate2(cfg.model, tempfile.mkdtemp(prefix="s2s-ct2-"))
     info = json.loads(storage.read_bytes(storage.join(exported, EXPORT_INFO)))
-    local = local_ctranslate2_model(exported, tempfile.mkdtemp(prefix="s2s-ct2-"))
+    local = local_ctranslate2_model(exported)
     threads = torch.get_num_threads()
     model = ctranslate2.Translator(
         local, device=device.type, compute_type=cfg.compute_type, intra_threads=threads

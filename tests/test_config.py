@@ -71,3 +71,15 @@ def test_validate(changes, message):
         setattr(cfg, key, value)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+def test_readme_config_reference_matches_the_code():
+    from pathlib import Path
+
+    from s2s.config import config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- config-reference:start -->\n")[1].split(
+        "<!-- config-reference:end -->"
+    )[0]
+    assert section == config_reference(), "README is stale: python -m s2s.config > section"

@@ -1,4 +1,5 @@
-"""The README's first command, as a newcomer runs it: jobs/demo.py on an embedded local Ray."""
+"""The README's first command, as a newcomer runs it: jobs/demo.py on an embedded local Ray,
+through every stage (corpus, prepare, train, evaluate, translate)."""
 
 import json
 import os
@@ -27,5 +28,12 @@ def test_demo_job_end_to_end(tmp_path, gettext_pairs):
     assert counts["read"] == sum(counts["kept"].values()) + sum(counts["dropped"].values())
     assert counts["kept"]["valid"] >= 2000 and counts["kept"]["test"] >= 2000
     assert (tmp_path / "prepared" / "tokenizer.model").stat().st_size > 0
-    assert f"trained {tmp_path}/runs/demo" in done.stdout
-    assert (tmp_path / "runs" / "demo" / "metrics.jsonl").read_text().count("\n") >= 1
+    run = tmp_path / "runs" / "transformer-small"
+    assert (run / "metrics.jsonl").read_text().count("\n") >= 1
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["sentences"] == 500 and f"test BLEU     {scores['bleu']}" in done.stdout
+    docs = (tmp_path / "docs" / "sample.jsonl").read_text().splitlines()
+    rows = (tmp_path / "translations" / "sample.jsonl").read_text().splitlines()
+    assert len(rows) == len(docs) == 6
+    assert all(json.loads(r)["error"] is None for r in rows)
+    assert f"translations  {tmp_path}/translations/sample.jsonl (6 documents)" in done.stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "s2s"
 STAGES = ["prepare", "train", "translate", "evaluate"]  # in pipeline order
-ENTRYPOINTS = {"cli"}  # the doors may import every stage
+ENTRYPOINTS = {"cli", "pipeline"}  # the doors (and the pipeline of all stages) import every stage
 
 
 def imports(path: Path) -> set[str]:

@@ -1,0 +1,134 @@
+"""The whole pipeline as one job: prepare -> train -> evaluate -> translate, under one output root.
+
+    <output>/prepared/                     s2s prepare's corpus (skipped when its manifest exists)
+    <output>/runs/<preset>/                the training run (skipped when _pipeline.json says done;
+                                           an interrupted run resumes from its last checkpoint)
+    <output>/runs/<preset>/eval/           scores.json, hypotheses.txt (skipped when scored)
+    <output>/translations/                 s2s translate's output (incremental by itself)
+
+Every stage's settings are its own config, reachable as ``prepare.*``, ``train.*``,
+``evaluate.*``, ``translate.*`` in a YAML file or as ``key=value``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from s2s import storage
+from s2s.config import (
+    ConfigError,
+    EvaluateConfig,
+    PrepareConfig,
+    TrainConfig,
+    TranslateConfig,
+    apply_overrides,
+    from_dict,
+    model_preset,
+)
+from s2s.manifest import MANIFEST_NAME
+
+__all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline", "DONE_MARKER"]
+
+log = logging.getLogger(__name__)
+DONE_MARKER = "_pipeline.json"
+
+
+@dataclass
+class PipelineConfig:
+    """``corpus``, ``docs`` and ``output`` fill in the stages' inputs and outputs."""
+
+    corpus: list[str] = field(default_factory=list)  # raw parallel text (prepare's inputs)
+    docs: str = ""  # documents to translate
+    output: str = ""  # root of everything the pipeline writes
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+
+    def resolve(self) -> None:
+        """Fill in the stages' paths and check everything before the first stage starts.
+
+        Raises:
+            ConfigError: naming the missing or invalid setting.
+        """
+        for key in ("corpus", "docs", "output"):
+            if not getattr(self, key):
+                raise ConfigError(f"pipeline needs --{key} URI")
+        root = storage.absolute(self.output)
+        self.prepare.inputs = [storage.absolute(c) for c in self.corpus]
+        self.prepare.output = storage.join(root, "prepared")
+        self.train.data = self.prepare.output
+        self.train.output = storage.join(root, "runs", self.train.preset)
+        self.evaluate.data = self.prepare.output
+        self.evaluate.output = storage.join(self.train.output, "eval")
+        self.translate.input = storage.absolute(self.docs)
+        self.translate.output = storage.join(root, "translations")
+        self.prepare.validate()
+        if not (self.train.max_steps or self.train.max_epochs or self.train.max_time_min):
+            raise ConfigError("set --max-steps, train.max_epochs or train.max_time_min")
+
+
+def load_pipeline_config(path: str | None, settings: dict, overrides: list[str]) -> PipelineConfig:
+    """defaults < YAML file < ``settings`` (flags, dotted keys) < ``key=value`` overrides; the
+    model starts from ``train.preset`` and takes the YAML's ``train.model`` section."""
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    model = data.get("train", {}).pop("model", None)
+    cfg = from_dict(PipelineConfig, data)
+    cfg.train.model = model_preset(cfg.train.preset, model)
+    return apply_overrides(cfg, overrides)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run the stages that are not done yet; return what each did and where its output is."""
+    from s2s.evaluate import evaluate
+    from s2s.prepare import prepare_corpus
+    from s2s.train import train
+    from s2s.translate import translate
+
+    cfg.resolve()
+    report = {}
+    if storage.exists(storage.join(cfg.prepare.output, MANIFEST_NAME)):
+        report["prepare"] = {"skipped": "prepared earlier", "output": cfg.prepare.output}
+    else:
+        result = prepare_corpus(cfg.prepare)
+        report["prepare"] = {"output": result.output, "counts": result.manifest["counts"]}
+    log.info("prepare: %s", report["prepare"])
+
+    marker = storage.join(cfg.train.output, DONE_MARKER)
+    if storage.exists(marker):
+        done = json.loads(storage.read_bytes(marker))
+        report["train"] = {"skipped": "trained earlier", **done}
+    else:
+        result = train(cfg.train)
+        best = storage.join(cfg.train.output, "best")
+        checkpoint = best if storage.exists(storage.join(best, "model.safetensors")) else None
+        done = {"output": cfg.train.output, "checkpoint": checkpoint or result.checkpoint}
+        storage.write_bytes(marker, json.dumps(done, indent=2).encode())
+        report["train"] = {**done, "metrics": result.metrics}
+    log.info("train: %s", report["train"])
+    checkpoint = report["train"]["checkpoint"]
+
+    scores = storage.join(cfg.evaluate.output, "scores.json")
+    if storage.exists(scores):
+        report["evaluate"] = {"skipped": "scored earlier", **json.loads(storage.read_bytes(scores))}
+    else:
+        cfg.evaluate.model = checkpoint
+        report["evaluate"] = evaluate(cfg.evaluate)
+    log.info("evaluate: BLEU %s chrF %s", report["evaluate"]["bleu"], report["evaluate"]["chrf"])
+
+    cfg.translate.model = checkpoint
+    report["translate"] = translate(cfg.translate).summary
+    return report

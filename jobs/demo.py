@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     # on all of them; evaluation on 500 test sentences; one translator actor.
     cfg.train = TrainConfig(
         preset="transformer-small", model=model_preset("transformer-small"),
-        max_time_min=args.minutes, max_steps=args.train_steps, warmup=300,
-        cpus_per_worker=max(cores - 1, 1), torch_threads=cores, eval_every=250,
-        checkpoint_every=250, eval_sentences=200, log_every=50,
+        max_time_min=args.minutes, max_steps=args.train_steps, warmup=100,
+        cpus_per_worker=max(cores - 1, 1), torch_threads=cores, eval_every=100,
+        checkpoint_every=100, eval_sentences=200, log_every=50,
     )  # fmt: skip
     cfg.evaluate.limit = 500
     cfg.evaluate.torch_threads = cores

@@ -50,21 +50,16 @@ def _model_spec(model, cfg, pieces: list[str]):
     for side in (spec.encoder, spec.decoder):
         side.scale_embeddings = True
         side.position_encodings.encodings = positions
-    for layer_spec, layer in zip(spec.encoder.layer, model.encoder):
+    for layer_spec, layer in [*zip(spec.encoder.layer, model.encoder),
+                              *zip(spec.decoder.layer, model.decoder)]:  # fmt: skip
         _linear(layer_spec.self_attention.linear[0], layer.self_attn.qkv)
         _linear(layer_spec.self_attention.linear[1], layer.self_attn.out)
         _norm(layer_spec.self_attention.layer_norm, layer.norms[0])
-        _linear(layer_spec.ffn.linear_0, layer.ffn[0])
-        _linear(layer_spec.ffn.linear_1, layer.ffn[3])
-        _norm(layer_spec.ffn.layer_norm, layer.norms[-1])
-    for layer_spec, layer in zip(spec.decoder.layer, model.decoder):
-        _linear(layer_spec.self_attention.linear[0], layer.self_attn.qkv)
-        _linear(layer_spec.self_attention.linear[1], layer.self_attn.out)
-        _norm(layer_spec.self_attention.layer_norm, layer.norms[0])
-        _linear(layer_spec.attention.linear[0], layer.cross_attn.q)
-        _linear(layer_spec.attention.linear[1], layer.cross_attn.kv)
-        _linear(layer_spec.attention.linear[2], layer.cross_attn.out)
-        _norm(layer_spec.attention.layer_norm, layer.norms[1])
+        if layer.cross_attn is not None:  # a decoder layer
+            _linear(layer_spec.attention.linear[0], layer.cross_attn.q)
+            _linear(layer_spec.attention.linear[1], layer.cross_attn.kv)
+            _linear(layer_spec.attention.linear[2], layer.cross_attn.out)
+            _norm(layer_spec.attention.layer_norm, layer.norms[1])
         _linear(layer_spec.ffn.linear_0, layer.ffn[0])
         _linear(layer_spec.ffn.linear_1, layer.ffn[3])
         _norm(layer_spec.ffn.layer_norm, layer.norms[-1])

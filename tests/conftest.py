@@ -18,6 +18,19 @@ TOY_EPOCHS = 6  # ~10 s on 2 cores: short, ending sentences of German-looking wo
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
 
 
+def pids_running(marker: bytes) -> list[int]:
+    """Processes whose command line contains ``marker`` (Ray names its workers by their class)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
 from s2s.search import greedy_search
 from s2s.train import train
+from tests.conftest import pids_running
 
 TINY = {"d_model": 64, "ffn_dim": 128, "enc_layers": 2, "dec_layers": 2, "heads": 4}
 
@@ -108,7 +109,7 @@ def test_killed_worker_restarts_from_checkpoint_on_s3(corpus, bucket):
     deadline = time.time() + 300
     while victim is None and time.time() < deadline and thread.is_alive():
         if storage.expand(f"{run}/*/model.safetensors"):  # a checkpoint exists: now kill
-            victim = next(iter(_train_worker_pids()), None)
+            victim = next(iter(pids_running(b"RayTrainWorker")), None)
         time.sleep(0.5)
     assert victim, "no checkpoint and worker to kill appeared"
     os.kill(victim, signal.SIGKILL)
@@ -118,18 +119,6 @@ def test_killed_worker_restarts_from_checkpoint_on_s3(corpus, bucket):
     assert result.metrics["step"] == 60
     assert result.checkpoint.startswith(f"{run}/checkpoint_")
     assert load_checkpoint(result.checkpoint).trainer_state["step"] == 60
-
-
-def _train_worker_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"RayTrainWorker" in cmdline:
-            pids.append(int(entry))
-    return sorted(pids)
 
 
 def test_bad_configs_fail_before_workers_start(corpus, tmp_path):

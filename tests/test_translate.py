@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import boto3
 import pyarrow as pa
@@ -19,6 +18,7 @@ from s2s.cli import main
 from s2s.config import ConfigError, TranslateConfig
 from s2s.translate import translate
 from s2s.translator import Translator
+from tests.conftest import pids_running
 
 GOOD = [
     "Open file. Save file.",
@@ -178,18 +178,6 @@ def test_rerun_skips_and_new_files_are_picked_up(ray_local, toy_checkpoint, docu
     )
 
 
-def _translator_actor_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"_PieceTranslator" in cmdline:
-            pids.append(int(entry))
-    return pids
-
-
 def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -206,7 +194,7 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             work = list((out / "_work").rglob("*.parquet")) if (out / "_work").exists() else []
-            pids = _translator_actor_pids()
+            pids = pids_running(b"_PieceTranslator")
             if len(work) >= 3 and pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])

@@ -35,6 +35,7 @@ import torch
 from s2s import __version__, storage
 from s2s.config import TranslateConfig, from_dict
 from s2s.documents import (
+    WORK_DIR,
     Documents,
     InputFile,
     Piece,
@@ -99,7 +100,9 @@ def _translate_under_lease(
     cfg: TranslateConfig, files: list, model_id: str, lease: Lease, started: float
 ) -> dict:
     inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)
-    todo = [i for i, f in enumerate(inputs) if cfg.overwrite or not storage.exists(f.output)]
+    # Two listings, not a request per file: a nightly prefix may hold many thousands.
+    written = {ref.uri for ref in storage.expand(cfg.output)}
+    todo = [i for i, f in enumerate(inputs) if cfg.overwrite or f.output not in written]
     already_complete = len(inputs) - len(todo)
     settings = json.dumps([model_id, _decode_settings(cfg)])
     failed: dict[int, str] = {}  # input -> why it could not be translated (reported, not fatal)
@@ -113,7 +116,8 @@ def _translate_under_lease(
     if cfg.overwrite:
         for i in todo:
             storage.remove_tree(pieces[i][0].work.rsplit("/", 1)[0])
-    pending = [p for i in todo for p in pieces[i] if not storage.exists(p.work)]
+    finished_pieces = {ref.uri for ref in storage.expand(storage.join(cfg.output, WORK_DIR))}
+    pending = [p for i in todo for p in pieces[i] if p.work not in finished_pieces]
     reused = sum(map(len, pieces.values())) - len(pending)
     log.info(
         "%d inputs: %d complete, %d to translate in %d pieces (%d left by an earlier run)",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,9 +59,6 @@ class Piece:
     start: int  # JSONL: byte offset; Parquet: first row group; text: 0
     end: int  # JSONL: byte offset (exclusive); Parquet: row group (exclusive); text: 0
     work: str  # URI of this piece's result file
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 @dataclass

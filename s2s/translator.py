@@ -140,7 +140,9 @@ class Translator:
                 units.append(ids[start : start + step])
                 owner.append(i)
         outputs = self._translate_units(units)
-        results = [SentenceResult("", len(ids), 0, 0) for ids in encoded]
+        results = [
+            SentenceResult("", src_tokens=len(ids), tgt_tokens=0, pieces=0) for ids in encoded
+        ]
         texts: list[list[str]] = [[] for _ in encoded]
         for i, unit, (out_ids, error) in zip(owner, units, outputs):
             result = results[i]

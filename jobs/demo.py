@@ -13,17 +13,23 @@ Everything goes under ./demo-output (or --output DIR, local or s3://); a rerun s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from s2s import storage
 from s2s.cli import main as s2s
-from s2s.config import PrepareConfig, TrainConfig, model_preset
+from s2s.config import PrepareConfig, train_config
 from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.pipeline import PipelineConfig, run_pipeline
 from s2s.shards import read_shard
+
+RECIPES = Path(__file__).resolve().parent / "configs" / "quality"
 
 
 def sample_documents(prepared: str, count: int = 6, per_doc: int = 4) -> list[dict]:
@@ -52,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
     cfg.prepare = PrepareConfig()
     # One training worker on all but one reserved core (Ray Data reads on that one), computing
     # on all of them; evaluation on 500 test sentences; one translator actor.
-    cfg.train = TrainConfig(
-        preset="transformer-small", model=model_preset("transformer-small"),
-        max_time_min=args.minutes, max_steps=args.train_steps, warmup=100,
+    # The benchmark's short-budget recipe (jobs/configs/quality/transformer-small.yaml).
+    recipe = yaml.safe_load((RECIPES / "transformer-small.yaml").read_text())
+    cfg.train = dataclasses.replace(
+        train_config(recipe), max_time_min=args.minutes, max_steps=args.train_steps,
         cpus_per_worker=max(cores - 1, 1), torch_threads=cores, eval_every=100,
-        checkpoint_every=100, eval_sentences=200, log_every=50,
+        checkpoint_every=100, eval_sentences=200,
     )  # fmt: skip
     cfg.evaluate.limit = 500
     cfg.evaluate.torch_threads = cores

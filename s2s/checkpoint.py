@@ -6,7 +6,7 @@ Contract (shared/DESIGN.md)::
     config.yaml          the ModelConfig that rebuilds it
     tokenizer.model      the SentencePiece model it was trained with
     trainer_state.json   step, epoch, best metric, data position, ...
-    optimizer.pt         optimizer and scheduler state, loaded with weights_only=True
+    optimizer.pt         optimizer state, loaded with weights_only=True
 
 Loading for translation needs neither Ray nor the training code.
 """
@@ -90,12 +90,12 @@ def load_weights(uri: str, model: nn.Module) -> None:
     model.load_state_dict(load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS))))
 
 
-def restore_training(uri: str, model: nn.Module, optimizer, scheduler) -> dict:
-    """Put a run back where a checkpoint left it; return its trainer state."""
+def restore_training(uri: str, model: nn.Module, optimizer) -> dict:
+    """Put a run back where a checkpoint left it; return its trainer state (which holds what
+    the learning rate follows: step and elapsed time)."""
     load_weights(uri, model)
     saved = load_optimizer_state(uri)
     optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
     return json.loads(storage.read_bytes(storage.join(uri, STATE)))
 
 
@@ -128,7 +128,7 @@ def _model_id(uri: str, state: dict, weights: bytes) -> str:
 
 
 def load_optimizer_state(uri: str) -> dict | None:
-    """The optimizer/scheduler state of a checkpoint, or None; never unpickles code."""
+    """The optimizer state of a checkpoint, or None; never unpickles code."""
     path = storage.join(uri, OPTIMIZER)
     if not storage.exists(path):
         return None

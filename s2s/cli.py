@@ -28,7 +28,7 @@ from s2s.config import (
     apply_overrides,
     from_dict,
     load_config,
-    model_preset,
+    train_config,
 )
 from s2s.lease import LeaseHeld
 from s2s.manifest import ManifestError
@@ -120,9 +120,7 @@ def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         for f in dataclasses.fields(TrainConfig)
         if f.name != "model" and getattr(args, f.name, None) is not None
     }
-    merged = {**{k: v for k, v in data.items() if k != "model"}, **flags}
-    cfg = from_dict(TrainConfig, merged)
-    cfg.model = model_preset(cfg.preset, data.get("model"))
+    cfg = train_config({**data, **flags})
     cfg = apply_overrides(cfg, args.overrides)
     cfg.model.validate()
     return cfg

@@ -28,6 +28,7 @@ __all__ = [
     "EvaluateConfig",
     "MODEL_PRESETS",
     "model_preset",
+    "train_config",
     "load_config",
     "apply_overrides",
     "from_dict",
@@ -217,16 +218,24 @@ class TrainConfig:
 
     # Batches: a budget of padded token positions per worker and step, bucketed by length.
     max_tokens: int = 4000
-    shuffle_buffer: int = 10_000
+    # global: Ray Data shuffles all training pairs anew each epoch (corpora arrive grouped by
+    # source; a model that sees them in that order drifts to whatever came last). buffer: only
+    # the shuffle buffer mixes them (for corpora too large to shuffle every epoch).
+    shuffle: Literal["global", "buffer"] = "global"
+    shuffle_buffer: int = 10_000  # examples sorted by length together, then cut into batches
     update_freq: int = 1  # accumulate gradients over this many batches per optimizer step
 
     lr: float = 1e-3
     warmup: int = 300
-    schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    # inverse_sqrt: never ends. cosine/linear: decay to 0 at the end of training, by steps (with
+    # max_steps) or by wall-clock (with only max_time_min: the budget's last minute trains at a
+    # low rate, as a fixed-budget run should).
+    schedule: Literal["inverse_sqrt", "cosine", "linear"] = "inverse_sqrt"
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU, or CPUs with AMX)
+    # bf16: autocast. auto: bf16 where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     seed: int = 1
 
     log_every: int = 50
@@ -245,11 +254,24 @@ class TrainConfig:
             raise ConfigError("train needs --output URI (the run directory)")
         if not (self.max_steps or self.max_epochs or self.max_time_min):
             raise ConfigError("set max_steps, max_epochs or max_time_min, or training never ends")
+        if self.schedule != "inverse_sqrt" and not (self.max_steps or self.max_time_min):
+            raise ConfigError(
+                f"schedule={self.schedule} decays to 0 at the end of training: set max_steps "
+                "or max_time_min so the end is known"
+            )
         _at_least(self, 1, "workers", "max_tokens", "update_freq", "log_every", "eval_every")
         _at_least(self, 1, "checkpoint_every", "keep_last")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.model.validate()
+
+
+def train_config(data: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a mapping (a YAML file's) whose ``model`` section, if any, states only
+    what differs from the ``preset``."""
+    cfg = from_dict(TrainConfig, {k: v for k, v in data.items() if k != "model"})
+    cfg.model = model_preset(cfg.preset, data.get("model"))
+    return cfg
 
 
 @dataclass

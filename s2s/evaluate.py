@@ -1,7 +1,9 @@
 """``s2s evaluate``: BLEU and chrF (sacreBLEU) of a checkpoint on held-out pairs.
 
-Decoding goes through the same :class:`~s2s.translator.Translator` as the translate job, so the
-score printed here is the score of what the nightly job writes.
+Decoding goes through the same :class:`~s2s.translator.Translator` as the translate job, and the
+same path: each source is a document, split into sentences, translated, and rejoined. So the score
+printed here is the score of what the nightly job writes (a line holding two sentences is
+translated as two, as the job would, not as one).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     sources, references = load_pairs(cfg.data, cfg.split, cfg.limit)
     translator = Translator(cfg)
     started = time.time()
-    results = translator.translate_sentences(sources)
+    results = translator.translate_documents(sources)
     seconds = time.time() - started
     hypotheses = [r.translation or "" for r in results]
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
@@ -67,6 +69,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "data": cfg.data,
         "split": cfg.split,
         "sentences": len(sources),
+        "segments": sum(r.n_segments for r in results),  # sentences after splitting
         "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
         "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},

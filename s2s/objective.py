@@ -59,17 +59,22 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-9)
 
 
-def lr_multiplier(step: int, warmup: int, schedule: str = "inverse_sqrt", total: int = 0) -> float:
-    """Factor on the peak learning rate at ``step`` (1-based).
+def lr_multiplier(
+    step: int, warmup: int, schedule: str = "inverse_sqrt", progress: float = 0.0
+) -> float:
+    """Factor on the peak learning rate at ``step`` (1-based), ``progress`` of the way through.
 
-    ``inverse_sqrt``: linear warm-up to 1 over ``warmup`` steps, then ``sqrt(warmup / step)``
-    (Vaswani et al. with the peak made explicit). ``cosine``: warm-up, then a cosine decay to 0 at
-    ``total`` steps.
+    Every schedule warms up linearly to 1 over ``warmup`` steps. ``inverse_sqrt`` then decays as
+    ``sqrt(warmup / step)`` (Vaswani et al. with the peak made explicit) and never reaches 0.
+    ``cosine`` and ``linear`` decay to 0 at ``progress`` 1, the end of training (by steps, or by
+    wall-clock for a time budget): for a short, fixed budget they beat ``inverse_sqrt``, which
+    still trains at a high rate when the budget runs out.
     """
     step = max(step, 1)
-    if step <= warmup:
-        return step / max(warmup, 1)
+    ramp = step / max(warmup, 1) if step <= warmup else 1.0
+    progress = min(max(progress, 0.0), 1.0)
     if schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(total - warmup, 1))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return math.sqrt(warmup / step)
+        return min(ramp, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    if schedule == "linear":
+        return min(ramp, 1.0 - progress)
+    return min(ramp, math.sqrt(warmup / step)) if step > warmup else ramp

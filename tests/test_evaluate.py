@@ -20,14 +20,13 @@ def pairs(gettext_pairs):
 
 def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path):
     sources = [s for s, _ in pairs]
-    outputs = [
-        r.translation
-        for r in Translator(EvaluateConfig(model=toy_checkpoint, beam=4)).translate_sentences(
-            sources
-        )
-    ]
+    sources[0] = "The file is open. Close it first."  # two sentences: translated as two
+    translator = Translator(EvaluateConfig(model=toy_checkpoint, beam=4))
+    documents = translator.translate_documents(sources)
+    outputs = [r.translation for r in documents]
+    assert documents[0].n_segments == 2
     real = tmp_path / "real.tsv"
-    real.write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    real.write_text("".join(f"{s}\t{t}\n" for s, (_, t) in zip(sources, pairs)))
     report = evaluate(
         EvaluateConfig(model=toy_checkpoint, data=str(real), output=str(tmp_path / "e"))
     )
@@ -35,6 +34,7 @@ def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path
     assert report["bleu"] == round(sacrebleu.corpus_bleu(outputs, [refs]).score, 2)
     assert report["chrf"] == round(sacrebleu.corpus_chrf(outputs, [refs]).score, 2)
     assert report["signature"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert report["segments"] == sum(d.n_segments for d in documents) > len(sources)
     assert (tmp_path / "e" / "hypotheses.txt").read_text().splitlines() == outputs
     assert json.loads((tmp_path / "e" / "scores.json").read_text()) == report
 

@@ -72,7 +72,7 @@ def test_two_workers_learn_and_stay_in_sync_over_uneven_shards(first_run):
     assert all(
         {"tgt_tokens_per_s", "lr", "ppl", "elapsed_s"} <= set(m) for m in lines if "loss" in m
     )
-    assert result.metrics["epoch"] == 0 and result.checkpoint
+    assert result.metrics["epoch"] == 1 and result.checkpoint  # one epoch completed
     checkpoints = [d for d in os.listdir(run) if d.startswith("checkpoint_")]
     checkpoints = [d for d in checkpoints if os.path.isdir(os.path.join(run, d))]
     assert 1 <= len(checkpoints) <= 2  # keep_last
@@ -93,7 +93,7 @@ def test_resume_continues_where_it_stopped(first_run, corpus):
     run, result = first_run
     steps_before = result.metrics["step"]
     resumed = train(tiny_config(corpus, run, max_epochs=2))
-    assert resumed.metrics["epoch"] == 1
+    assert resumed.metrics["epoch"] == 2
     assert resumed.metrics["step"] > steps_before
     logged = [m["step"] for m in metrics(run) if "loss" in m]
     assert logged == sorted(logged) and len(set(logged)) == len(logged)  # no step twice

@@ -50,8 +50,11 @@ def test_lr_schedules():
     assert lr_multiplier(50, warmup=100) == pytest.approx(0.5)
     assert lr_multiplier(100, warmup=100) == 1.0
     assert lr_multiplier(400, warmup=100) == pytest.approx(0.5)
-    assert lr_multiplier(1000, 100, "cosine", total=1000) == pytest.approx(0.0, abs=1e-9)
-    assert lr_multiplier(550, 100, "cosine", total=1000) == pytest.approx(0.5)
+    # Decaying schedules follow the progress (steps or wall-clock), capped by the warm-up ramp.
+    assert lr_multiplier(1000, 100, "cosine", progress=1.0) == pytest.approx(0.0, abs=1e-9)
+    assert lr_multiplier(550, 100, "cosine", progress=0.5) == pytest.approx(0.5)
+    assert lr_multiplier(550, 100, "linear", progress=0.25) == pytest.approx(0.75)
+    assert lr_multiplier(10, 100, "linear", progress=0.5) == pytest.approx(0.1)  # still warming
     assert not math.isnan(lr_multiplier(0, 0))
 
 

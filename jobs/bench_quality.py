@@ -9,11 +9,14 @@ On the shared English->German gettext corpus (its train/valid/test splits as giv
     AdamW, warm-up, label smoothing 0.1), same SentencePiece vocabulary, same budget.
 
 Every model is scored on the whole test split with beam 4 (sacreBLEU BLEU and chrF, signatures
-printed); s2s models also as the average of their last checkpoints. While training, each is
-decoded greedily on 500 validation sentences every few minutes: those points are the learning
-curves (BLEU against wall-clock) drawn into ``--plot``. Results also go to ``results.json``.
+printed); for s2s models with the length penalty chosen on the valid split, also as the average of
+their last checkpoints, and through ``s2s translate`` (which must score what ``s2s evaluate``
+scores). While training, each is decoded greedily on the first validation sentences every few
+minutes: those points are the learning curves (BLEU against wall-clock) drawn into ``--plot``.
+Results also go to ``results.json``.
 
     python jobs/bench_quality.py [--budget 20] [--models transformer-small,hf-marian,...]
+    python jobs/bench_quality.py --score-only     # score the trained s2s runs again
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ import shutil
 import time
 from pathlib import Path
 
-import sacrebleu
 import torch
 import torch.nn.functional as F
 import yaml
@@ -46,7 +45,7 @@ from s2s.config import (
     model_preset,
     train_config,
 )
-from s2s.evaluate import evaluate, load_pairs
+from s2s.evaluate import evaluate, load_pairs, score
 from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
 from s2s.runlog import read_metrics
@@ -80,15 +79,6 @@ def prepare(corpus: Path, output: str) -> str:
             )
         )
     return output
-
-
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    return {
-        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
-        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
-        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
-    }
 
 
 def run_s2s(preset: str, data: str, test: str, work: Path, budget: float, train_it: bool) -> dict:

@@ -21,7 +21,7 @@ from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.shards import read_shard
 from s2s.translator import Translator
 
-__all__ = ["evaluate", "load_pairs"]
+__all__ = ["evaluate", "load_pairs", "score"]
 
 
 def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
@@ -53,6 +53,16 @@ def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[s
     return sources, references
 
 
+def score(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacreBLEU defaults), rounded to 2 places, with their signatures."""
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    return {
+        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+    }
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Translate the sources, score against the references; the report as a dict (JSON-able)."""
     cfg.validate()
@@ -63,16 +73,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     results = translator.translate_documents(sources)
     seconds = time.time() - started
     hypotheses = [r.translation or "" for r in results]
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
     report = {
         "model": translator.model_id,
         "data": cfg.data,
         "split": cfg.split,
         "sentences": len(sources),
         "segments": sum(r.n_segments for r in results),  # sentences after splitting
-        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
-        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
-        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+        **score(hypotheses, references),
         "failed_sentences": sum(r.error is not None for r in results),
         "beam": cfg.beam,
         "length_penalty": cfg.length_penalty,

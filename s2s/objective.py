@@ -77,4 +77,4 @@ def lr_multiplier(
         return min(ramp, 0.5 * (1.0 + math.cos(math.pi * progress)))
     if schedule == "linear":
         return min(ramp, 1.0 - progress)
-    return min(ramp, math.sqrt(warmup / step)) if step > warmup else ramp
+    return ramp if step <= warmup else math.sqrt(warmup / step)

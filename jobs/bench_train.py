@@ -12,7 +12,14 @@ Reported: non-padding target tokens/s, the padding fraction, peak private memory
 model FLOP utilisation (FLOPs counted by torch's FlopCounterMode on the real batches, per second,
 against this machine's measured fp32 matmul rate).
 
+Then the training time lost per checkpoint, with checkpoints written to S3 (moto's server on
+127.0.0.1, a process of its own): three runs of ``s2s train`` with one worker and the same batches,
+checkpointing every ``--checkpoint-every`` steps with a synchronous upload (the worker waits for
+it), with Ray Train's asynchronous upload (the default), and never; lost per checkpoint =
+(training time - training time without checkpoints) / checkpoints.
+
     python jobs/bench_train.py [--steps 40] [--models transformer-small,rnn-small] [--gpu]
+                               [--part all|throughput|checkpoints]
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ import os
 import random
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import torch
 from procmem import PeakSampler, largest_rss
+from s3local import start_s3
 from torch.utils.flop_counter import FlopCounterMode
 
+from s2s import storage
 from s2s.batching import collate, token_batches
+from s2s.checkpoint import list_checkpoints
 from s2s.config import PrepareConfig, TrainConfig, model_preset
 from s2s.gettext import build_corpus
 from s2s.manifest import read_manifest
@@ -135,11 +146,9 @@ def ray_train(
 ):
     """(b)/(c): s2s on Ray Train; tokens/s from its own log lines after the first window."""
     shutil.rmtree(run, ignore_errors=True)
-    cores = os.cpu_count() or 2
-    # Reserve one core less than there are (Ray Data reads on it); compute on all of them.
+    # The defaults: 1 CPU reserved per worker, the node's cores shared by its workers.
     cfg = TrainConfig(
-        data=data, output=str(run), model=preset_cfg, workers=workers, use_gpu=gpu,
-        cpus_per_worker=max((cores - 1) / workers, 0.5), torch_threads=max(cores // workers, 1),
+        data=data, output=str(run), model=preset_cfg, workers=str(workers), use_gpu=gpu,
         max_steps=steps, max_tokens=max_tokens,
         log_every=max(steps // 4, 1), eval_every=10**9, checkpoint_every=10**9, warmup=steps,
     )  # fmt: skip
@@ -151,6 +160,29 @@ def ray_train(
     return {"tok_s": rate, "rss": memory.peak}
 
 
+def checkpoint_cost(data: str, preset_cfg, steps: int, every: int, max_tokens: int) -> dict:
+    """Seconds of training per run and lost per checkpoint, sync and async upload to S3."""
+    import boto3
+
+    bucket = f"bench-checkpoints-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    runs = {}
+    for mode in ("none", "sync", "async"):
+        cfg = TrainConfig(
+            data=data, output=f"s3://{bucket}/{mode}", model=preset_cfg, max_steps=steps,
+            max_tokens=max_tokens, warmup=steps, log_every=every, eval_every=10**9,
+            checkpoint_every=every if mode != "none" else 10**9,
+            checkpoint_upload="sync" if mode == "sync" else "async",
+        )  # fmt: skip
+        # elapsed_s is taken before the last step: it counts the checkpoints before the last one.
+        runs[mode] = train(cfg).metrics["elapsed_s"]
+    checkpoints = steps // every - 1
+    _, last = list_checkpoints(f"s3://{bucket}/async")[-1]
+    size = sum(ref.size for ref in storage.expand(last))
+    lost = {m: (runs[m] - runs["none"]) / checkpoints for m in ("sync", "async")}
+    return {"seconds": runs, "lost": lost, "checkpoints": checkpoints, "bytes": size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a prepared corpus; default: prepare the gettext corpus")
@@ -158,10 +190,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--part", choices=["all", "throughput", "checkpoints"], default="all")
+    parser.add_argument("--checkpoint-steps", type=int, default=80)
+    parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--workdir", default="bench-output/train")
     args = parser.parse_args()
     work = Path(args.workdir)
     device = "cuda" if args.gpu else "cpu"
+    server = start_s3() if args.part != "throughput" else None  # before Ray starts: env
     data = args.data
     if not data:
         corpus = work / "en-de.tsv"
@@ -169,24 +205,44 @@ def main() -> None:
         corpus.write_text("".join(f"{s}\t{t}\n" for s, t in build_corpus("de")[0]))
         data = str(work / "prepared")
         prepare_corpus(PrepareConfig(inputs=[str(corpus)], output=data, overwrite=True))
-    examples = load_examples(data)
     vocab = read_manifest(data)["tokenizer"]["vocab_size"]
+    presets = args.models.split(",")
+    if args.part != "checkpoints":
+        throughput(data, work, presets, vocab, args.steps, args.max_tokens, device, args.gpu)
+    if server is not None:
+        cfg = model_preset(presets[0], {"vocab_size": vocab})
+        cost = checkpoint_cost(
+            data, cfg, args.checkpoint_steps, args.checkpoint_every, args.max_tokens
+        )
+        server.terminate()
+        print(
+            f"\ncheckpoints to S3 (moto): {presets[0]}, {cost['bytes'] / 2**20:.0f} MiB each, "
+            f"{cost['checkpoints']} in {args.checkpoint_steps} steps"
+        )
+        print("| upload | training s | lost per checkpoint s |")
+        print("|---|---:|---:|")
+        print(f"| no checkpoints | {cost['seconds']['none']:.1f} | - |")
+        for mode in ("sync", "async"):
+            print(f"| {mode} | {cost['seconds'][mode]:.1f} | {cost['lost'][mode]:.2f} |")
+
+
+def throughput(data, work, presets, vocab, steps, max_tokens, device, gpu) -> None:
+    """(a)-(d) for each preset, printed as a table."""
+    examples = load_examples(data)
     peak = matmul_flops_per_s(device)
     rows = []
-    for preset in args.models.split(","):
+    for preset in presets:
         cfg = model_preset(preset, {"vocab_size": vocab})
         random.Random(0).shuffle(examples)
-        batches = [collate(b) for b in token_batches(examples, args.max_tokens, 10_000)][
-            : args.steps + 3
-        ]
+        batches = [collate(b) for b in token_batches(examples, max_tokens, 10_000)][: steps + 3]
         torch.manual_seed(0)
         model = build_model(cfg)
         flops_per_step = step_flops(model.to(device).train(), batches[3], device)
         useful = int((batches[3]["tgt_out"] != PAD_ID).sum())
         bare = bare_loop(model, batches, device)
-        one = ray_train(data, work / f"{preset}-1", cfg, 1, args.steps, args.max_tokens, args.gpu)
-        two = ray_train(data, work / f"{preset}-2", cfg, 2, args.steps, args.max_tokens, args.gpu)
-        hf = hf_marian(cfg, examples, args.steps, device) if cfg.family == "transformer" else None
+        one = ray_train(data, work / f"{preset}-1", cfg, 1, steps, max_tokens, gpu)
+        two = ray_train(data, work / f"{preset}-2", cfg, 2, steps, max_tokens, gpu)
+        hf = hf_marian(cfg, examples, steps, device) if cfg.family == "transformer" else None
         mfu = flops_per_step / useful * one["tok_s"] / peak  # FLOPs per target token x tokens/s
         rows.append((preset, bare, one, two, hf, mfu))
 

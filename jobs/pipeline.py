@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", dest="train.preset", help="model preset (transformer-small)")
     parser.add_argument("--max-steps", dest="train.max_steps", type=int)
     parser.add_argument("--max-time", dest="train.max_time_min", type=float, help="minutes")
-    parser.add_argument("--workers", dest="train.workers", type=int)
+    parser.add_argument("--workers", dest="train.workers", help="N, or MIN-MAX (elastic)")
     parser.add_argument("--gpu", dest="train.use_gpu", action="store_true", default=None)
     parser.add_argument("--config", help="YAML with corpus/docs/output and stage sections")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=5e-4")

@@ -132,7 +132,9 @@ def load_optimizer_state(uri: str) -> dict | None:
     path = storage.join(uri, OPTIMIZER)
     if not storage.exists(path):
         return None
-    return torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True)
+    # To the CPU first: a GPU checkpoint resumes on a CPU, and no worker of a node piles its
+    # copy onto cuda:0. The optimizer's load_state_dict moves it next to its parameters.
+    return torch.load(io.BytesIO(storage.read_bytes(path)), weights_only=True, map_location="cpu")
 
 
 def list_checkpoints(run: str) -> list[tuple[int, str]]:

@@ -53,6 +53,8 @@ class PrepareConfig:
     test: list[str] = field(default_factory=list)
     output: str = ""
     overwrite: bool = False
+    # Local paths on a cluster of several nodes are refused unless mounted on every node.
+    shared_fs: bool = False
 
     # Formats: "auto" decides by file extension (.tsv/.txt, .jsonl/.json, .parquet; .gz etc. ok).
     input_format: Literal["auto", "tsv", "jsonl", "parquet"] = "auto"
@@ -204,23 +206,35 @@ class TrainConfig:
     preset: str = "transformer-small"
     model: ModelConfig = field(default_factory=ModelConfig)
 
-    workers: int = 1
+    # "N", or "MIN-MAX" for an elastic run: it trains on as many workers as the cluster can place
+    # (at least MIN), shrinks when a node is lost and grows back when capacity returns. A step
+    # always trains on MAX x update_freq batches, whatever the number of workers (see sampler.py).
+    workers: str = "1"
     use_gpu: bool = False
-    # CPUs reserved per worker. Leave some unreserved for Ray Data's reading (it hangs when
-    # workers claim every core); torch_threads may still use more than reserved (0 = as reserved).
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker (placement)
+    # Intra-op threads per worker; 0 = the node's cores shared by the workers on that node.
     torch_threads: int = 0
+    # How long to wait for an autoscaler to add the nodes MIN workers need before refusing
+    # (a cluster that cannot grow is refused at once).
+    wait_for_workers_s: float = 600.0
+    # Elastic runs: how often Ray Train checks whether more workers could be placed.
+    resize_interval_s: float = 60.0
+    # Local paths on a cluster of several nodes are refused unless they are on a filesystem
+    # mounted on every node (NFS, EFS): say so here.
+    shared_fs: bool = False
 
     # Stop at whichever comes first (0 = no limit from that one; at least one must be set).
     max_steps: int = 0
     max_epochs: int = 0
     max_time_min: float = 0.0
 
-    # Batches: a budget of padded token positions per worker and step, bucketed by length.
+    # Batches: a budget of padded token positions per batch, bucketed by length. An optimizer
+    # step trains on MAX workers x update_freq batches (one per worker and accumulation step).
     max_tokens: int = 4000
-    # global: Ray Data shuffles all training pairs anew each epoch (corpora arrive grouped by
-    # source; a model that sees them in that order drifts to whatever came last). buffer: only
-    # the shuffle buffer mixes them (for corpora too large to shuffle every epoch).
+    # global: every epoch is a new permutation of all training pairs, a function of (seed, epoch)
+    # (corpora arrive grouped by source; a model that sees them in that order drifts to whatever
+    # came last); each worker holds the corpus's token ids (~100 bytes a pair). buffer: shards in
+    # a new order, pairs permuted within a shard (for corpora too large to hold).
     shuffle: Literal["global", "buffer"] = "global"
     shuffle_buffer: int = 10_000  # examples sorted by length together, then cut into batches
     update_freq: int = 1  # accumulate gradients over this many batches per optimizer step
@@ -243,8 +257,13 @@ class TrainConfig:
     eval_sentences: int = 500  # valid pairs decoded (greedy) for BLEU/chrF at each evaluation
     checkpoint_every: int = 500
     keep_last: int = 3
+    # async: workers hand the checkpoint to Ray Train and go on training while it uploads.
+    checkpoint_upload: Literal["async", "sync"] = "async"
     patience: int = 0  # evaluations without a better BLEU before stopping (0 = never)
-    max_failures: int = 0  # worker-group restarts from the last checkpoint
+    # Restarts of the worker group from the last checkpoint after a worker or a node is lost
+    # without notice (-1 = no limit). Preemptions Ray is told of (a drained spot node) are
+    # retried without limit and not counted here.
+    max_failures: int = 3
 
     def validate(self) -> None:
         """Raises ConfigError naming what to change."""
@@ -259,11 +278,28 @@ class TrainConfig:
                 f"schedule={self.schedule} decays to 0 at the end of training: set max_steps "
                 "or max_time_min so the end is known"
             )
-        _at_least(self, 1, "workers", "max_tokens", "update_freq", "log_every", "eval_every")
+        self.worker_range()
+        _at_least(self, 1, "max_tokens", "update_freq", "log_every", "eval_every")
         _at_least(self, 1, "checkpoint_every", "keep_last")
+        _at_least(self, 0, "torch_threads", "wait_for_workers_s", "resize_interval_s")
+        _at_least(self, -1, "max_failures")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.model.validate()
+
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers from ``workers``: "N" or "MIN-MAX"."""
+        try:
+            sizes = [int(part) for part in str(self.workers).replace(",", "-").split("-")]
+        except ValueError:
+            sizes = []
+        if len(sizes) == 1:
+            sizes *= 2
+        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
+            raise ConfigError(
+                f"workers must be N or MIN-MAX (1 <= MIN <= MAX), got {self.workers!r}"
+            )
+        return sizes[0], sizes[1]
 
 
 def train_config(data: dict[str, Any]) -> TrainConfig:
@@ -298,6 +334,8 @@ class DecodeConfig:
     # on its own, and flagged; the model never saw longer inputs in training (prepare's max_len).
     max_input_tokens: int = 250
     use_gpu: bool = False
+    # Local paths on a cluster of several nodes are refused unless mounted on every node.
+    shared_fs: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU, or CPUs with AMX)
     torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
 

@@ -6,9 +6,14 @@ document in input order, with the input's id column, ``translation``, ``n_segmen
 (null when fine), ``model``, plus ``warning`` and optionally ``source``.
 
 A *piece* is a byte range of a JSONL file (whole lines: a line belongs to the piece it starts
-in), a run of Parquet row groups, or a whole text file. Pieces are the unit of work and retry:
-each piece's results go to their own file under ``<output>/_work/`` and the input's output file
-is written from them, in one atomic write, once all of its pieces are there.
+in), a run of Parquet row groups, or a whole text file (or a whole small Parquet file). Pieces are
+the unit of work and retry: each piece's results go to their own file under ``<output>/_work/``
+and the input's output file is written from them, in one atomic write, once all of its pieces are
+there (:func:`finish_input`, which then deletes them).
+
+Planning needs no request per file where the listing's sizes suffice: JSONL and text files are cut
+by size alone, and a Parquet file of at most one piece is one piece; only a larger Parquet file's
+footer is read, for its row groups.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ __all__ = [
     "read_piece",
     "result_table",
     "write_output",
+    "write_work",
+    "finish_input",
     "count_documents",
     "count_output_rows",
 ]
@@ -43,7 +50,7 @@ _EXTENSION = {"jsonl": ".jsonl", "parquet": ".parquet", "text": ".txt"}
 WORK_DIR = "_work"
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a plan may hold one per file of a 100,000-file inbox
 class InputFile:
     uri: str
     size: int
@@ -53,11 +60,12 @@ class InputFile:
     output: str  # the output file's URI
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     input: int  # index into the plan's inputs
     start: int  # JSONL: byte offset; Parquet: first row group; text: 0
-    end: int  # JSONL: byte offset (exclusive); Parquet: row group (exclusive); text: 0
+    # JSONL: byte offset (exclusive); Parquet: row group (exclusive); 0 = the whole file
+    end: int
     work: str  # URI of this piece's result file
 
 
@@ -126,13 +134,19 @@ def plan_pieces(
     """Cut one input into pieces of about ``piece_bytes``.
 
     The work directory is keyed by the input's size and time and by ``settings`` (model id and
-    decoding settings), so a rerun reuses finished pieces only when nothing changed.
+    decoding settings), so a rerun reuses finished pieces only when nothing changed. The same
+    arguments give the same pieces, so whoever finishes the input can plan them again.
+
+    Raises:
+        StorageError: a Parquet file larger than ``piece_bytes`` whose footer cannot be read.
     """
     key = hashlib.sha256(
         json.dumps([source.uri, source.size, source.mtime_ns, settings]).encode()
     ).hexdigest()[:16]
+    # Flat: one file per piece, no directory per input (deleting one on S3 costs a listing and
+    # leaves a directory marker behind).
     work = storage.join(output, WORK_DIR, f"{source.output.rsplit('/', 1)[-1]}.{key}")
-    if source.format == "parquet":
+    if source.format == "parquet" and source.size > piece_bytes:
         meta = _parquet_file(source.uri).metadata
         ranges, start, size = [], 0, 0
         for group in range(meta.num_row_groups):
@@ -145,11 +159,10 @@ def plan_pieces(
     elif source.format == "jsonl" and not source.name.endswith(_COMPRESSION):
         edges = list(range(0, source.size, piece_bytes)) + [source.size]
         ranges = list(zip(edges[:-1], edges[1:])) or [(0, 0)]
-    else:  # a text document or a compressed file: read whole
+    else:  # a text document, a compressed file or a small Parquet file: read whole
         ranges = [(0, 0)]
     return [
-        Piece(index, start, end, storage.join(work, f"{start:012d}-{end:012d}.parquet"))
-        for start, end in ranges
+        Piece(index, start, end, f"{work}.{start:012d}-{end:012d}.parquet") for start, end in ranges
     ]
 
 
@@ -267,7 +280,7 @@ def _read_jsonl(source: InputFile, piece: Piece, id_column: str, text_column: st
 def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
     parquet = _parquet_file(source.uri)
     names = parquet.schema_arrow.names
-    groups = list(range(piece.start, piece.end))
+    groups = list(range(piece.start, piece.end or parquet.metadata.num_row_groups))
     table = parquet.read_row_groups(
         groups, columns=[c for c in (id_column, text_column) if c in names]
     )
@@ -311,6 +324,81 @@ def write_output(table: pa.Table, uri: str, out_format: str) -> None:
             json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()
         ).encode()
     storage.write_bytes(uri, data)
+
+
+def write_work(table: pa.Table, uri: str) -> None:
+    """Write one piece's results (Parquet; atomic)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _read_work(uri: str) -> pa.Table:
+    """One piece's results.
+
+    Raises:
+        FileNotFoundError: the piece file is not there.
+        StorageError: it is there but cannot be read.
+    """
+    fs, path = storage.filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as stream:  # HEAD, GET; a Parquet reader adds a GET
+            return pq.read_table(pa.BufferReader(stream.read()))
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as err:
+        raise storage.StorageError(f"{uri}: unreadable: {storage.describe_error(err)}") from None
+
+
+def _remove_work(pieces: list[Piece]) -> None:
+    """Delete an input's piece files (by name: no listing); a missing one is fine."""
+    for piece in pieces:
+        fs, path = storage.filesystem(piece.work)
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise storage.StorageError(
+                f"{piece.work}: cannot delete: {storage.describe_error(err)}"
+            ) from None
+
+
+def finish_input(source: InputFile, pieces: list[Piece], out_format: str) -> int:
+    """Write an input's output file from its pieces' results in one atomic write, check its row
+    count against the documents in the input (counted again, independently of the pieces), and
+    delete the pieces.
+
+    Safe to repeat: pieces are deleted only once the output is written and checked, so a piece
+    that is gone means an earlier attempt got that far (a retry after its node was lost); then
+    the output is checked again instead.
+
+    Returns:
+        The rows written (= the input's documents).
+
+    Raises:
+        StorageError: the input changed under the run (its pieces are dropped: the next run
+            translates it again), or a file cannot be read or written.
+    """
+    try:
+        table = pa.concat_tables([_read_work(p.work) for p in pieces])
+    except FileNotFoundError:
+        table = None
+    expected = count_documents(source)
+    if table is not None and table.num_rows != expected:
+        _remove_work(pieces)
+        raise storage.StorageError(
+            f"{source.uri}: {table.num_rows} documents translated, {expected} in the file now"
+        )
+    if table is not None:
+        write_output(table, source.output, out_format)
+    written = count_output_rows(source.output, out_format)
+    if written != expected:
+        raise storage.StorageError(
+            f"{source.output}: wrote {written} rows for {expected} documents"
+        )
+    _remove_work(pieces)
+    return written
 
 
 def count_documents(source: InputFile) -> int:

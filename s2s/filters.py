@@ -24,7 +24,7 @@ __all__ = [
     "stable_hash",
     "clean_records",
     "length_reasons",
-    "DedupIndex",
+    "dedup_groups",
     "mark_duplicates",
     "tokenize_records",
 ]
@@ -192,43 +192,6 @@ def length_reasons(
     return reasons
 
 
-class DedupIndex:
-    """Exact set of 64-bit pair hashes, 8 bytes per entry, for streaming de-duplication.
-
-    Sorted runs merged like a binary counter (a log-structured merge): inserting N hashes costs
-    O(N log N) in total and a lookup probes at most log2(N / batch) runs with ``searchsorted``.
-    A 64-bit collision (odds about N^2 / 2^65: 1 in 37 million for a million pairs) drops one
-    pair as a duplicate.
-    """
-
-    def __init__(self) -> None:
-        self._runs: list[np.ndarray] = []
-
-    def __len__(self) -> int:
-        return sum(len(r) for r in self._runs)
-
-    def add_new(self, hashes: np.ndarray) -> np.ndarray:
-        """Insert ``hashes``; return a bool mask, True where the hash was not seen before.
-
-        Within ``hashes`` the first occurrence counts as new and later ones as seen.
-        """
-        unique, first = np.unique(hashes, return_index=True)
-        fresh = np.ones(len(unique), bool)
-        for run in self._runs:
-            pos = np.searchsorted(run, unique).clip(max=len(run) - 1)
-            fresh &= run[pos] != unique
-        mask = np.zeros(len(hashes), bool)
-        mask[first[fresh]] = True
-        self._push(unique[fresh])
-        return mask
-
-    def _push(self, run: np.ndarray) -> None:
-        while self._runs and len(self._runs[-1]) <= len(run):
-            run = np.union1d(self._runs.pop(), run)  # both sorted and disjoint: a merge
-        if len(run):
-            self._runs.append(run)
-
-
 def tokenize_records(
     records: pa.Table,
     tokenizer: Tokenizer,
@@ -271,11 +234,53 @@ def tokenize_records(
     )
 
 
-def mark_duplicates(records: pa.Table, index: DedupIndex) -> pa.Table:
-    """Set ``reason="duplicate"`` on kept records whose pair ``index`` has already seen."""
-    idx = np.flatnonzero(records["reason"].is_null().to_numpy(zero_copy_only=False))
-    fresh = index.add_new(records["pair_hash"].to_numpy()[idx])
+def dedup_groups(records: pa.Table, groups: int) -> pa.Table:
+    """Add ``dedup_group``: which of ``groups`` hash partitions de-duplicates each record.
+
+    Every copy of a pair has the same pair hash, hence the same group: the groups can be
+    de-duplicated independently (:func:`mark_duplicates`), each in one call, and no duplicate can
+    hide in another group. Records already dropped take no part; they are spread by line number
+    so that bad input does not pile up in one group.
+
+    Returns:
+        ``records`` plus ``dedup_group`` (int64, in ``[0, groups)``).
+    """
+    kept = pc.is_null(records["reason"]).to_numpy(zero_copy_only=False)
+    by_pair = records["pair_hash"].to_numpy() % np.uint64(groups)
+    by_line = records["line"].to_numpy() % groups
+    group = np.where(kept, by_pair.astype(np.int64), by_line)
+    return records.append_column("dedup_group", pa.array(group, pa.int64()))
+
+
+def mark_duplicates(records: pa.Table) -> pa.Table:
+    """Set ``reason="duplicate"`` on each kept record whose pair an earlier kept record holds.
+
+    "Earlier" is by input position ``(input_id, line)``, not by row order: the first occurrence of
+    a pair in the inputs is kept whatever order the rows come in, so every run keeps the same
+    copy. Exact for a whole corpus when ``records`` holds every kept record of each pair hash it
+    contains, e.g. one group of :func:`dedup_groups`. A 64-bit hash collision (odds about
+    N^2 / 2^65: 1 in 37 million for a million pairs) drops one pair as a duplicate.
+
+    Args:
+        records: cleaned records (see :func:`clean_records`) with ``input_id`` and ``line``.
+
+    Returns:
+        ``records`` with ``reason`` set to ``duplicate`` on every later copy of a kept pair.
+    """
+    idx = np.flatnonzero(pc.is_null(records["reason"]).to_numpy(zero_copy_only=False))
+    if len(idx) < 2:
+        return records
+    pair_hash = records["pair_hash"].to_numpy()[idx]
+    # Sort by pair, then by position: in each run of equal hashes the first row is the original.
+    order = np.lexsort(
+        (records["line"].to_numpy()[idx], records["input_id"].to_numpy()[idx], pair_hash)
+    )
+    ordered = pair_hash[order]
+    later = np.zeros(len(idx), bool)
+    later[1:] = ordered[1:] == ordered[:-1]
+    if not later.any():
+        return records
     is_duplicate = np.zeros(len(records), bool)
-    is_duplicate[idx[~fresh]] = True
+    is_duplicate[idx[order[later]]] = True
     reason = pc.if_else(pa.array(is_duplicate), "duplicate", records["reason"])
     return records.set_column(records.schema.get_field_index("reason"), "reason", reason)

@@ -1,13 +1,21 @@
 """Stage 1, ``s2s prepare``: raw parallel text -> tokenized Parquet shards + tokenizer + manifest.
 
-The Ray Data pipeline, as two streaming passes over the inputs::
+The Ray Data pipeline, as two passes over the inputs::
 
     scan (only when needed):  read -> clean -> sketch  ==> tokenizer sample, split thresholds
-    main:  read -> clean -> de-duplicate (one actor) -> tokenize, filter, write shards ==> stats
+    main:  read -> clean -> shuffle by pair hash -> de-duplicate (stateless tasks)
+           -> tokenize, filter, write shards ==> stats
 
-Both passes stream: memory is bounded by the blocks in flight, the sketch, and the de-duplication
-index (8 bytes per distinct pair). Every function called per block is Ray-free and lives in the
-noun modules (:mod:`s2s.corpus`, :mod:`s2s.filters`, :mod:`s2s.shards`, ...).
+The scan streams: its memory is bounded by the blocks in flight and the sketch. The main pass
+drops exact (source, target) duplicates, after cleaning, across all inputs. It cuts the records
+into groups by pair hash, so every copy of a pair is in one group, shuffles them (a sort shuffle
+made of tasks) and de-duplicates each group in one call that keeps the first copy by input
+position (read unit, then line): every run keeps the same records. No state lives in an actor, so
+after a node loss Ray re-runs the lost tasks from lineage and the result is exact. It scales with
+the cluster: a shuffle partition is one input block (<= 16 MiB), so a task's memory does not grow
+with the corpus; the shuffle is a barrier that holds the cleaned corpus in the object store
+(spilled to disk as needed). Every function called per block is Ray-free and lives in the noun
+modules (:mod:`s2s.corpus`, :mod:`s2s.filters`, :mod:`s2s.shards`, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -22,12 +31,13 @@ import pyarrow as pa
 import ray
 from ray.data import DataContext
 from ray.data.block import BlockMetadata
+from ray.data.context import ShuffleStrategy
 from ray.data.datasource import Datasource, ReadTask
 
-from s2s import __version__, storage
+from s2s import __version__, cluster, storage
 from s2s.config import ConfigError, PrepareConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
-from s2s.filters import DedupIndex, SplitPlan, clean_records, mark_duplicates, tokenize_records
+from s2s.filters import SplitPlan, clean_records, dedup_groups, mark_duplicates, tokenize_records
 from s2s.manifest import FORMAT_VERSION, MANIFEST_NAME, PrepareStats, write_manifest
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
@@ -38,6 +48,15 @@ __all__ = ["prepare_corpus", "PrepareResult", "plan_inputs"]
 logger = logging.getLogger(__name__)
 TOKENIZER_NAME = "tokenizer.model"
 _MAX_BLOCK_BYTES = 16 << 20
+# De-duplication groups of ~4k records: far smaller than a block (read_block_rows, 32k), so the
+# shuffle's partitions, ranges of groups, come out even; a de-duplication call costs ~0.1 ms.
+_GROUP_ROWS = 4096
+# To count the groups when no scan counted the records: ~100 bytes a line of text; compressed
+# files and Parquet hold about 4x as many records per byte. A wrong guess only makes the groups
+# smaller or larger.
+_BYTES_PER_ROW = 100
+_COMPRESSION_RATIO = 4
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4", ".parquet", ".pq")
 
 
 @dataclass
@@ -58,13 +77,20 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
     cfg.validate()
     cfg = dataclasses.replace(cfg, output=storage.absolute(cfg.output))
     units, files = plan_inputs(cfg)
+    cluster.connect()
+    # Blocks of at most 16 MiB (Ray's default is 128 MiB): a worker's memory then does not grow
+    # with the size of an input file (measured: 5x the corpus, 1.44x -> 1.1x peak memory).
+    DataContext.get_current().target_max_block_size = _MAX_BLOCK_BYTES
+    # Local paths on one node: the tasks that read or write files stay there.
+    place = cluster.check_local_paths(
+        [u for unit in units for u in unit.uris] + [cfg.output], cfg.shared_fs
+    )
     _check_output(cfg)
     proto = storage.read_bytes(cfg.tokenizer) if cfg.tokenizer else None
     if proto is not None:
         Tokenizer(proto, name=cfg.tokenizer)  # fail now on a bad or incompatible model
-    _init_ray()
 
-    sketch = _scan(units, cfg) if _needs_scan(cfg, units) else None
+    sketch = _scan(units, cfg, place) if _needs_scan(cfg, units) else None
     plan = _split_plan(cfg, sketch)
     if proto is None:
         logger.info(
@@ -79,7 +105,7 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
         for split in ("train", "valid", "test"):
             storage.remove_tree(storage.join(cfg.output, split))
 
-    stats = _main_pass(units, cfg, plan, proto)
+    stats = _main_pass(units, cfg, plan, proto, _dedup_group_count(files, sketch), place)
     if stats.read == 0:
         raise ConfigError(f"the inputs hold no lines: {', '.join(u.name for u in units)}")
     if sum(stats.kept.values()) == 0:
@@ -136,16 +162,6 @@ def _check_output(cfg: PrepareConfig) -> None:
         raise storage.StorageError(f"{cfg.tokenizer}: tokenizer model not found")
 
 
-def _init_ray() -> None:
-    # With no address this starts an embedded local cluster; under `ray job submit` or with
-    # RAY_ADDRESS set it joins that cluster.
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
-    # Blocks of at most 16 MiB (Ray's default is 128 MiB): a worker's memory then does not grow
-    # with the size of an input file (measured: 5x the corpus, 1.44x -> 1.1x peak memory).
-    DataContext.get_current().target_max_block_size = _MAX_BLOCK_BYTES
-
-
 class _CorpusDatasource(Datasource):
     """One read task per read unit; each streams blocks of records (see :func:`read_unit`)."""
 
@@ -175,10 +191,12 @@ class _CorpusDatasource(Datasource):
         ]
 
 
-def _cleaned(units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan) -> ray.data.Dataset:
+def _cleaned(
+    units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan, place: dict
+) -> ray.data.Dataset:
     roles = [u.role for u in units]
     return ray.data.read_datasource(
-        _CorpusDatasource(units, cfg), override_num_blocks=len(units)
+        _CorpusDatasource(units, cfg), override_num_blocks=len(units), **place
     ).map_batches(clean_records, fn_kwargs={"plan": plan, "roles": roles}, batch_format="pyarrow")
 
 
@@ -196,11 +214,11 @@ def _sketch_block(records: pa.Table, roles: list[str], sample_size: int, key_cou
     return CorpusSketch.of_records(records, roles, sample_size, key_count).to_table()
 
 
-def _scan(units: list[ReadUnit], cfg: PrepareConfig) -> CorpusSketch:
+def _scan(units: list[ReadUnit], cfg: PrepareConfig, place: dict) -> CorpusSketch:
     valid, test = _carved_sizes(cfg)
     key_count = int(valid if valid >= 1 else 0) + int(test if test >= 1 else 0) + 1
     sample_size = cfg.tokenizer_sample if cfg.tokenizer is None else 0
-    sketches = _cleaned(units, cfg, SplitPlan(cfg.split_seed)).map_batches(
+    sketches = _cleaned(units, cfg, SplitPlan(cfg.split_seed), place).map_batches(
         _sketch_block,
         fn_kwargs={
             "roles": [u.role for u in units],
@@ -240,17 +258,6 @@ def _train_remote(sentences: list[str], vocab_size: int, model_type: str, covera
     return train_tokenizer(sentences, vocab_size, model_type, coverage)
 
 
-class _Deduplicate:
-    """The one stateful step: a single actor sees every pair hash, so duplicates across files and
-    blocks are found exactly. It does little per row (vectorized set probes), hence 0 CPUs."""
-
-    def __init__(self) -> None:
-        self.index = DedupIndex()
-
-    def __call__(self, records: pa.Table) -> pa.Table:
-        return mark_duplicates(records, self.index)
-
-
 @functools.lru_cache(maxsize=2)
 def _tokenizer(proto: bytes) -> Tokenizer:
     return Tokenizer(proto)
@@ -264,22 +271,56 @@ def _tokenize_and_write(records: pa.Table, proto: bytes, cfg: PrepareConfig, uni
     return pa.table({"stats": [PrepareStats.from_records(records, unit_names, shards).to_json()]})
 
 
+def _dedup_group_count(files: list[storage.FileRef], sketch: CorpusSketch | None) -> int:
+    """Into how many groups by pair hash the main pass cuts the records: ~``_GROUP_ROWS`` each.
+
+    The count of records comes from the scan when it ran, else from the input sizes.
+    """
+    if sketch is not None:
+        rows = sketch.clean_pairs
+    else:
+        packed = sum(f.size for f in files if f.uri.endswith(_COMPRESSED_SUFFIXES))
+        plain = sum(f.size for f in files) - packed
+        rows = (plain + _COMPRESSION_RATIO * packed) / _BYTES_PER_ROW
+    return max(1, math.ceil(rows / _GROUP_ROWS))
+
+
 def _main_pass(
-    units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan, proto: bytes
+    units: list[ReadUnit],
+    cfg: PrepareConfig,
+    plan: SplitPlan,
+    proto: bytes,
+    groups: int,
+    place: dict,
 ) -> PrepareStats:
+    # Exact, deterministic, restart-safe de-duplication. Records are cut into groups by pair hash
+    # (every copy of a pair is in one group) and each group is de-duplicated by one stateless call
+    # that keeps the first copy by input position; map_groups guarantees a call sees its whole
+    # group. The shuffle behind groupby is Ray Data's push-based sort shuffle: plain map, merge and
+    # reduce *tasks* (retried without limit) whose outputs live in the object store, so a task or
+    # block lost with its node is re-run from lineage and, being deterministic, gives the same
+    # result; every record still reaches the stats exactly once. Not HASH_SHUFFLE (aggregator
+    # actors hold the partitions in memory and die with their node), not the disk-based shuffle
+    # (files on one node's disk, served by an actor there), and not the default SHUFFLE_V2: also
+    # tasks, but in worker pools of their own whose start-up made the main pass 2x slower here.
+    # Scaling: the shuffle has one partition per input block (<= read_block_rows records, 16 MiB),
+    # so a task's memory does not grow with the corpus, and groups of ~_GROUP_ROWS records keep
+    # the partitions even; the push-based variant merges map outputs per node, which keeps the
+    # intermediate objects few at thousands of blocks. The cost is a barrier: the cleaned corpus
+    # waits in the object store (spilled to disk when it does not fit) until the shuffle is done.
+    cleaned = _cleaned(units, cfg, plan, place).map_batches(
+        dedup_groups, fn_kwargs={"groups": groups}, batch_format="pyarrow"
+    )
+    cleaned.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED  # this pass only
     outputs = (
-        _cleaned(units, cfg, plan)
-        .map_batches(
-            _Deduplicate,
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=0,
-            batch_format="pyarrow",
-        )
+        cleaned.groupby("dedup_group")
+        .map_groups(mark_duplicates, batch_format="pyarrow")
         .map_batches(
             _tokenize_and_write,
             fn_kwargs={"proto": proto, "cfg": cfg, "unit_names": [u.name for u in units]},
             batch_size=cfg.shard_rows,
             batch_format="pyarrow",
+            **place,
         )
     )
     stats = PrepareStats()
@@ -323,7 +364,7 @@ def _manifest(
             "max_ratio": cfg.max_ratio,
             "ratio_min_tokens": cfg.ratio_min_tokens,
             "max_line_bytes": cfg.max_line_bytes,
-            "dedup": "exact (source, target) pairs across all inputs",
+            "dedup": "exact (source, target) pairs across all inputs; first by (input, line) kept",
         },
         "splits": {
             "method": "hash of the normalised source",

@@ -1,10 +1,12 @@
 """Stage 2, ``s2s train``: data-parallel training of a seq2seq model on Ray Train.
 
 The shape follows Ray's documented loop: a ``TorchTrainer`` runs :func:`_train_worker` on N
-workers (DDP: gloo on CPU, NCCL on GPU). Each worker streams its Ray Data shard of ``train/``,
-cuts token-budget batches, restores from ``ray.train.get_checkpoint()`` at the top, and every rank
-calls ``ray.train.report`` (rank 0 with the checkpoint). Batching, loss, models and checkpoint I/O
-are Ray-free modules; this one wires them together.
+workers (DDP: gloo on CPU, NCCL on GPU), or on MIN..MAX workers for an elastic run. Each worker
+restores from ``ray.train.get_checkpoint()`` at the top, builds the epoch's batches from the
+corpus shards in an order that depends on (seed, epoch) alone (:mod:`s2s.sampler`), trains on its
+share of every step, and every rank calls ``ray.train.report`` (rank 0 with the checkpoint, which
+Ray Train uploads while training goes on). Batching, the data order, loss, models and checkpoint
+I/O are Ray-free modules; this one wires them together.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ import sacrebleu
 import torch
 import torch.distributed as dist
 import yaml
-from ray.data import RandomSeedConfig
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointUploadMode,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 
-from s2s import storage
-from s2s.batching import collate, token_batches
+from s2s import cluster, storage
+from s2s.batching import collate
 from s2s.checkpoint import restore_training, save_checkpoint
 from s2s.config import ConfigError, TrainConfig
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
 from s2s.runlog import plot_curves, read_metrics, write_metrics
+from s2s.sampler import DataDigest, EpochPlan, steps
 from s2s.search import greedy_search
 from s2s.shards import read_shard
 from s2s.tokenizer import Tokenizer
@@ -70,32 +79,31 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg.model.vocab_size = Tokenizer(proto).vocab_size
     if not manifest["shards"].get("train"):
         raise ConfigError(f"{cfg.data} has no training shards")
+    cluster.connect()
+    place = cluster.check_local_paths([cfg.data, cfg.output], cfg.shared_fs)
     storage.check_output(cfg.output)
     config_uri = storage.join(cfg.output, CONFIG_NAME)
     storage.write_bytes(
         config_uri, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode()
     )
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
-    _warn_if_reading_starves(cfg)
-
-    fs, data_path = storage.filesystem(cfg.data)
-    train_files = [f"{data_path}/{s['path']}" for s in manifest["shards"]["train"]]
-    # Reading takes a quarter CPU: workers may reserve nearly all cores without starving it.
-    dataset = ray.data.read_parquet(train_files, filesystem=fs, num_cpus=0.25).select_columns(
-        ["src_ids", "tgt_ids"]
+    min_workers, max_workers = cfg.worker_range()
+    per_worker = {"CPU": cfg.cpus_per_worker, "GPU": 1.0 if cfg.use_gpu else 0.0}
+    cluster.wait_for_capacity(
+        per_worker, min_workers, f"train with {min_workers} worker(s)", cfg.wait_for_workers_s
     )
-    if cfg.shuffle == "global":  # a new order every epoch (each epoch re-executes the dataset)
-        seed = RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
-        dataset = dataset.random_shuffle(seed=seed, num_cpus=0.25)
+
     run_fs, run_path = storage.filesystem(cfg.output)
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg, "proto": proto, "valid": _valid_subset(cfg, manifest)},
+        train_loop_config={"cfg": cfg, "proto": proto, "valid": _valid_subset(cfg, manifest),
+                           "shards": manifest["shards"]["train"]},
         scaling_config=ScalingConfig(
-            num_workers=cfg.workers,
+            num_workers=(min_workers, max_workers) if min_workers < max_workers else min_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker},
+            # One node and local paths: keep the workers there even if a node joins later.
+            label_selector=place.get("label_selector"),
+            elastic_resize_monitor_interval_s=cfg.resize_interval_s,
         ),
         run_config=RunConfig(
             name=os.path.basename(run_path),
@@ -104,8 +112,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
         ),
-        datasets={"train": dataset},
-    )
+    )  # fmt: skip
     result = trainer.fit()
     plot_curves(cfg.output)
     checkpoint = None
@@ -113,20 +120,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""
         checkpoint = prefix + result.checkpoint.path
     return TrainResult(cfg.output, checkpoint, dict(result.metrics or {}))
-
-
-def _warn_if_reading_starves(cfg: TrainConfig) -> None:
-    """Ray Data reads the training shards with 0.25 CPU per task; if the workers reserve every
-    CPU of a fixed-size cluster, reading never starts and training waits forever, silently."""
-    total = ray.cluster_resources().get("CPU", 0.0)
-    reserved = cfg.workers * cfg.cpus_per_worker
-    if not cfg.use_gpu and reserved > total - 0.25:
-        logger.warning(
-            "the workers reserve %.2f of the cluster's %.2f CPUs: unless the cluster scales up, "
-            "Ray Data cannot read the training data (lower cpus_per_worker, e.g. to %.2f, and "
-            "set torch_threads to use the cores anyway)",
-            reserved, total, max((total - 0.25) / cfg.workers, 0.25),
-        )  # fmt: skip
 
 
 def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:
@@ -147,20 +140,31 @@ def _train_worker(config: dict) -> None:
     _log_to_stderr()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if not cfg.use_gpu:  # one intra-op thread per reserved core (a fraction still gets one)
-        torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
+    if not cfg.use_gpu:
+        torch.set_num_threads(cfg.torch_threads or _node_cores(ctx.get_local_world_size()))
+    device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model)
+    # On the device before the optimizer exists: its state, restored below, lands there too.
+    model = build_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": None, "bad_evals": 0}
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
             state = restore_training(directory, model, optimizer)
-    device = ray.train.torch.get_device()
+        state["resumed_from"] = [*state.get("resumed_from", []), state["step"]]
     ddp = ray.train.torch.prepare_model(model)
+    plan = EpochPlan(
+        cfg.data, config["shards"], cfg.shuffle, cfg.shuffle_buffer, cfg.max_tokens, cfg.seed
+    )
     loop = _Loop(cfg, config, model, ddp, optimizer, state, rank, world, device)
-    loop.run(ray.train.get_dataset_shard("train"))
+    loop.run(plan)
+
+
+def _node_cores(workers_on_node: int) -> int:
+    """This node's cores (as the OS lets this process use them) shared by its workers."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(workers_on_node, 1))
 
 
 def _log_to_stderr() -> None:
@@ -189,7 +193,10 @@ class _Loop:
         self.first_elapsed = self.elapsed
         self.lr = 0.0  # set before every optimizer step
         self.reported_step = state["step"]  # the step of the last report (and checkpoint)
-        self.window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": time.perf_counter()}
+        # Batches per optimizer step over all workers: the same whatever the current world size.
+        self.per_step = cfg.worker_range()[1] * cfg.update_freq
+        self.digest = DataDigest(state.get("data_digest", ""))  # rank 0's, saved in the state
+        self.window = self._new_window()
         self.metrics = (
             read_metrics(cfg.output, state["step"]) if rank == 0 and state["step"] else []
         )
@@ -201,39 +208,64 @@ class _Loop:
         )
         if rank == 0:
             logger.info(
-                "training %s (%.1fM parameters) on %d worker(s), %s, %s",
+                "training %s (%.1fM parameters) on %d worker(s), %s, %s, from step %d "
+                "(epoch %d, batch %d)",
                 cfg.preset, sum(p.numel() for p in model.parameters()) / 1e6, world,
-                device.type, self.precision,
+                device.type, self.precision, state["step"], state["epoch"],
+                state["batch_in_epoch"],
             )  # fmt: skip
 
-    def run(self, shard) -> None:
-        cfg = self.cfg
+    def _new_window(self) -> dict:
+        """What a log line averages over: this rank's loss sums (on the device) and tokens, and
+        the target tokens of all workers."""
+        zero = torch.zeros((), device=self.device)
+        return {"loss": zero, "nll": zero.clone(), "tokens": 0, "tokens_all": 0,
+                "time": time.perf_counter()}  # fmt: skip
+
+    def run(self, plan: EpochPlan) -> None:
+        state = self.state
         while not self._done():
-            batches = token_batches(
-                _examples(shard),
-                cfg.max_tokens,
-                cfg.shuffle_buffer,
-                seed=cfg.seed + 1000 * self.state["epoch"] + self.rank,
-            )
-            skip = self.state["batch_in_epoch"]  # resuming mid-epoch: do not replay batches
-            groups = _groups(batches, cfg.update_freq, skip)
-            for group, elapsed in _lockstep(groups, self.device, self.start):
-                self.elapsed = elapsed
-                self._step(group)
-                self.state["batch_in_epoch"] += len(group)
-                step = self.state["step"]
-                if step % cfg.log_every == 0:
-                    self._log()
-                # The last step always evaluates: the run's final metrics carry its BLEU.
-                evaluate = step % cfg.eval_every == 0 or self._done()
-                if evaluate or step % cfg.checkpoint_every == 0:
-                    self._report(evaluate=evaluate)
-                if self._done():
-                    return
-            self.state["epoch"] += 1
-            self.state["batch_in_epoch"] = 0
-        if self.state["step"] > self.first_step:  # max_epochs ended the run: report its end
-            self._report(evaluate=self.reported_step != self.state["step"])
+            epoch = steps(plan.batches(state["epoch"]), self.per_step, state["batch_in_epoch"])
+            trained = False
+            for group in epoch:
+                self.elapsed = self._agreed_elapsed()
+                if self._done():  # the time budget ran out: every rank stops at this step
+                    break
+                self._train_step(group)
+                trained = True
+            else:  # the epoch is over
+                if not trained and not state["batch_in_epoch"]:
+                    raise RuntimeError(
+                        f"an epoch of {self.cfg.data} holds fewer batches than one step "
+                        f"({self.per_step}): lower max_tokens, update_freq or the workers"
+                    )
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+        if state["step"] > self.reported_step:  # a budget or max_epochs ended it: report the end
+            self._report(evaluate=True)
+
+    def _train_step(self, group: list[list]) -> None:
+        """Train on one step's batches, then log, evaluate and checkpoint when due."""
+        cfg = self.cfg
+        self._step(group)
+        self.state["batch_in_epoch"] += len(group)
+        step = self.state["step"]
+        if step % cfg.log_every == 0:
+            self._log()
+        # The last step always evaluates: the run's final metrics carry its BLEU.
+        evaluate = step % cfg.eval_every == 0 or self._done()
+        if evaluate or step % cfg.checkpoint_every == 0:
+            self._report(evaluate=evaluate)
+
+    def _agreed_elapsed(self) -> float:
+        """Seconds of training so far, the slowest rank's: all ranks agree on it, so a time
+        budget stops them at the same step and a time-based schedule gives the same rate."""
+        elapsed = time.perf_counter() - self.start
+        if self.world > 1:
+            clock = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+            elapsed = float(clock)
+        return elapsed
 
     def _done(self) -> bool:
         cfg, s = self.cfg, self.state
@@ -256,33 +288,37 @@ class _Loop:
         return max(done, default=0.0)
 
     def _step(self, group: list[list]) -> None:
-        batches = [collate(b) for b in group]
-        tokens = torch.tensor(
-            [sum(int((b["tgt_out"] != 0).sum()) for b in batches)], device=self.device
-        )
-        if self.world > 1:
-            dist.all_reduce(tokens)  # the loss is normalised by the target tokens of all workers
-        scale = self.world / max(int(tokens), 1)  # DDP averages gradients over workers
-        self.state["tgt_tokens_seen"] = self.state.get("tgt_tokens_seen", 0) + int(tokens)
+        """One optimizer step over the step's ``group`` of batches; this rank trains on its
+        share. Every rank sees the whole group, so the step's target token count needs no
+        communication: the loss is normalised by it, and DDP's average of the gradients then
+        equals the gradient of the whole step's loss, however the batches are shared."""
+        cfg, step = self.cfg, self.state["step"]
+        if self.rank == 0:
+            self.digest.update(group)
+        tokens = sum(len(tgt) + 1 for batch in group for _, tgt in batch)  # + eos
+        scale = self.world / tokens
+        self.state["tgt_tokens_seen"] = self.state.get("tgt_tokens_seen", 0) + tokens
+        self.window["tokens_all"] += tokens
+        # Dropout masks depend on (seed, step, rank) alone: a resumed run repeats them.
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + self.rank)
         self.ddp.train()
-        for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1 or self.world == 1
+        share = [collate(b) for b in group[self.rank :: self.world]]
+        for i, batch in enumerate(share):
+            sync = i == len(share) - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast:
                 logits = self.ddp(batch["src"].to(self.device), batch["tgt_in"].to(self.device))
                 loss, nll, n = label_smoothed_loss(
-                    logits, batch["tgt_out"].to(self.device), self.cfg.label_smoothing
+                    logits, batch["tgt_out"].to(self.device), cfg.label_smoothing
                 )
             (loss * scale).backward()
-            self.window["loss"] += loss.item()
-            self.window["nll"] += float(nll)
+            self.window["loss"] += loss.detach().float()  # no device sync until a log line
+            self.window["nll"] += nll.detach().float()
             self.window["tokens"] += n
-        if self.cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), self.cfg.clip_norm)
-        self.lr = self.cfg.lr * lr_multiplier(
-            self.state["step"] + 1, self.cfg.warmup, self.cfg.schedule, self._progress()
-        )
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.clip_norm)
+        self.lr = cfg.lr * lr_multiplier(step + 1, cfg.warmup, cfg.schedule, self._progress())
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
@@ -292,13 +328,14 @@ class _Loop:
         tokens = max(w["tokens"], 1)
         elapsed = self.elapsed
         step = self.state["step"]
-        rate = w["tokens"] * self.world / max(now - w["time"], 1e-9)
+        rate = w["tokens_all"] / max(now - w["time"], 1e-9)
         line = {
             "step": step,
             "epoch": self.state["epoch"],
-            "loss": round(w["loss"] / tokens, 4),
-            "ppl": round(math.exp(min(w["nll"] / tokens, 50)), 2),
+            "loss": round(float(w["loss"]) / tokens, 4),
+            "ppl": round(math.exp(min(float(w["nll"]) / tokens, 50)), 2),
             "lr": self.lr,
+            "workers": self.world,
             "tgt_tokens_per_s": round(rate),
             "tgt_tokens_seen": self.state["tgt_tokens_seen"],  # all workers, since the start
             "elapsed_s": round(elapsed, 1),
@@ -310,7 +347,7 @@ class _Loop:
             left = 60 * self.cfg.max_time_min - elapsed
             line["eta_s"] = round(min(line.get("eta_s", left), left))
         self.metrics.append(line)
-        self.window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "time": now}
+        self.window = self._new_window()
         if self.rank == 0:
             eta = f" eta {line['eta_s']}s" if "eta_s" in line else ""
             logger.info(
@@ -346,9 +383,12 @@ class _Loop:
     def _report(self, evaluate: bool) -> None:
         self.reported_step = self.state["step"]
         self.state["elapsed_s"] = round(self.elapsed, 1)
+        self.state["data_digest"] = self.digest.value
         metrics = {"step": self.state["step"], "epoch": self.state["epoch"]}
         metrics["elapsed_s"] = self.state["elapsed_s"]
         metrics["tgt_tokens_seen"] = self.state.get("tgt_tokens_seen", 0)
+        metrics["workers"] = self.world
+        metrics["data_digest"] = self.digest.value
         metrics["replicas_in_sync"] = self._replicas_in_sync()
         if evaluate and self.rank == 0:
             metrics.update(self._evaluate())
@@ -366,11 +406,18 @@ class _Loop:
             return
         self.metrics.append(metrics)
         optimizer_state = {"optimizer": self.optimizer.state_dict()}
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(
-                directory, self.model, self.cfg.model, self.proto, dict(self.state), optimizer_state
-            )
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        # Ray Train uploads the directory (and, async, deletes it after) while training goes on.
+        directory = tempfile.mkdtemp(prefix="s2s-checkpoint-")
+        save_checkpoint(
+            directory, self.model, self.cfg.model, self.proto, dict(self.state), optimizer_state
+        )
+        upload = self.cfg.checkpoint_upload
+        ray.train.report(
+            metrics,
+            checkpoint=Checkpoint.from_directory(directory),
+            checkpoint_upload_mode=CheckpointUploadMode[upload.upper()],
+            delete_local_checkpoint_after_upload=True,
+        )
         if "bleu" in metrics and self.state["bad_evals"] == 0:
             # The best by BLEU is kept apart from Ray's last-K rotation (weights and state only).
             best = storage.join(self.cfg.output, BEST_NAME)
@@ -398,41 +445,3 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return "bf16" if native else "fp32"
-
-
-def _examples(shard):
-    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-        yield from zip(batch["src_ids"], batch["tgt_ids"])
-
-
-def _groups(batches, update_freq: int, skip: int):
-    """Groups of ``update_freq`` batches (one optimizer step each), after skipping ``skip``."""
-    group = []
-    for index, batch in enumerate(batches):
-        if index < skip:
-            continue
-        group.append(batch)
-        if len(group) == update_freq:
-            yield group
-            group = []
-
-
-def _lockstep(groups, device, start: float):
-    """Yield (group, elapsed seconds since ``start``) while *every* worker still has a group:
-    shards of unequal size must not leave a worker waiting forever in an all-reduce at the end of
-    an epoch. The elapsed time is the slowest rank's, so all ranks agree on it (a time budget
-    stops them at the same step; a time-based schedule gives them the same learning rate)."""
-    iterator = iter(groups)
-    while True:
-        group = next(iterator, None)
-        elapsed = time.perf_counter() - start
-        if dist.is_available() and dist.is_initialized():
-            # One all-reduce for both: MIN over (have, -elapsed) = (all have one, max elapsed).
-            flags = torch.tensor([0.0 if group is None else 1.0, -elapsed], device=device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-            if flags[0].item() == 0:
-                return
-            elapsed = -flags[1].item()
-        elif group is None:
-            return
-        yield group, elapsed

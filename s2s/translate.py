@@ -1,51 +1,58 @@
 """The batch-translation job: document files in, one translation file per input file out.
 
-    driver    list inputs ─▶ skip those whose output is complete ─▶ cut the rest into pieces
-              ─▶ skip pieces an interrupted run already finished
-    Ray Data  pieces ─▶ translator actor pool: read, split into sentences, sort by length,
-              translate in token-budget batches, rejoin, write the piece's results
-    driver    as an input's last piece lands: its output file in one atomic write, checked
-              (rows == documents); at the end ``_run.json``
+    driver     list inputs and outputs (a listing each, no request per file) ─▶ skip inputs whose
+               output is complete ─▶ cut the rest into pieces ─▶ skip pieces an interrupted run
+               already finished
+    Ray Data   pieces ─▶ translator actor pool: read, split into sentences, sort by length,
+               translate in token-budget batches, rejoin, write the piece's results
+    Ray tasks  as an input's last piece lands: its output file in one atomic write, checked
+               (rows == documents), its pieces deleted; the driver writes ``_run.json`` at the end
 
 Why pieces rather than ``ray.data.read_json``: a piece is a byte range or run of row groups with
 a fixed identity, so every document has exactly one place in exactly one output file, a retried
 actor task rewrites the same piece file (never a second copy), and a rerun picks up where an
 interrupted one stopped. Ray Data still schedules the actors, retries them when they die, grows
 the pool with the backlog and shows progress.
+
+Why finishing runs in tasks: it costs several requests per input (read the pieces, count the
+input's documents again, write, count the rows written, delete the pieces); for a nightly inbox of
+100,000 small files that is most of the requests of the run, too many for one process. The driver
+keeps an integer per input, a few futures and a bounded ``_run.json`` (counts, the first failures).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import io
 import json
 import logging
 import math
+import queue
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
-from s2s import __version__, storage
+from s2s import __version__, cluster, storage
 from s2s.config import TranslateConfig, from_dict
 from s2s.documents import (
     WORK_DIR,
     Documents,
     InputFile,
     Piece,
-    count_documents,
-    count_output_rows,
+    finish_input,
     plan_outputs,
     plan_pieces,
     read_piece,
     result_table,
-    write_output,
+    write_work,
 )
 from s2s.lease import LEASE_NAME, Lease
 from s2s.translator import DocumentResult, Translator
@@ -56,15 +63,25 @@ __all__ = ["translate", "TranslateResult", "RUN_SUMMARY"]
 log = logging.getLogger(__name__)
 RUN_SUMMARY = "_run.json"
 _ERROR_SAMPLES = 20
+# _run.json counts every failed input but lists only the first this many (in input order): the
+# summary of a 100,000-file inbox stays small even when every file fails.
+_FAILURES_LISTED = 100
 _COUNTS = (
-    "documents",
-    "errors",
-    "warnings",
-    "sentences",
-    "src_tokens",
-    "tgt_tokens",
-    "blank_lines",
-)
+    "documents", "errors", "warnings", "sentences", "src_tokens", "tgt_tokens", "blank_lines",
+)  # fmt: skip
+# Pieces per work item (one actor call), at most. Packed by piece_mb alone, an inbox of small files
+# puts thousands in each item: a handful of items for the whole pool, finishing in bursts, and a
+# lost actor redoing thousands of files. 256 short documents still batch well.
+_ITEM_PIECES = 256
+_IO_THREADS = 8  # per actor: reading small pieces and writing results is latency-bound
+# Finishing tasks reserve no CPU: each is a few requests per input, and a translator pool sized to
+# the nodes (cpus_per_actor = a node's cores, the usual setting) leaves no fraction of a CPU free,
+# so a task asking for 0.1 would wait for the pool to end, or make an autoscaler add a node for
+# it. The driver bounds them instead: this many in flight per node alive when the run starts.
+_FINISH_CPUS = 0
+_FINISH_TASKS_PER_NODE = 2
+_FINISH_BATCH = 64  # inputs per finishing task, at most; fewer when fewer are ready
+_FINISH_THREADS = 8  # inputs finished concurrently within a task (I/O-bound)
 
 
 @dataclass
@@ -88,72 +105,101 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
         model=storage.absolute(cfg.model),
     )
     started = time.time()
-    files = storage.check_inputs([cfg.input])
+    files = storage.check_inputs([cfg.input])  # one listing
+    # Connects to Ray only for local paths (S3 alone: a rerun with nothing to do starts no Ray).
+    # Local paths on one node: actors and finishing tasks stay there.
+    place = cluster.check_local_paths([cfg.input, cfg.output, cfg.model], cfg.shared_fs)
     storage.check_output(cfg.output)
     model_id = translator_model_id(cfg)
+    inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)
+    del files  # a nightly prefix may hold 100,000: keep one record per input, not two
     with Lease(storage.join(cfg.output, LEASE_NAME), cfg.lease_ttl_s) as lease:
-        summary = _translate_under_lease(cfg, files, model_id, lease, started)
+        summary = _translate_under_lease(cfg, inputs, model_id, lease, started, place)
     return TranslateResult(cfg.output, summary)
 
 
+@dataclass
+class _Plan:
+    """What planning found; ``remaining`` is the one thing kept per input."""
+
+    remaining: list[int]  # input -> pieces still to translate; -1 once the input failed
+    ready: list[int] = field(default_factory=list)  # inputs an earlier run translated wholly
+    already_complete: int = 0  # inputs
+    to_translate: int = 0  # inputs
+    pieces: int = 0  # pieces to translate
+    reused: int = 0  # pieces an earlier run finished
+
+
+class _Report:
+    """Failures and error samples, bounded whatever the inbox size: every failed input counted,
+    the first _FAILURES_LISTED listed (in input order), the first _ERROR_SAMPLES messages kept.
+    The driver's two threads write to it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failed_count = 0
+        self.failed: list[tuple[int, str, str]] = []  # (input, URI, why)
+        self.samples: list[str] = []
+
+    def fail(self, i: int, uri: str, error: str) -> None:
+        with self._lock:
+            self.failed_count += 1
+            bisect.insort(self.failed, (i, uri, error))
+            del self.failed[_FAILURES_LISTED:]
+        self.sample([error])
+
+    def sample(self, errors: list[str]) -> None:
+        with self._lock:
+            self.samples += errors[: max(0, _ERROR_SAMPLES - len(self.samples))]
+
+
 def _translate_under_lease(
-    cfg: TranslateConfig, files: list, model_id: str, lease: Lease, started: float
+    cfg: TranslateConfig,
+    inputs: list[InputFile],
+    model_id: str,
+    lease: Lease,
+    started: float,
+    place: dict,
 ) -> dict:
-    inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)
-    # Two listings, not a request per file: a nightly prefix may hold many thousands.
-    written = {ref.uri for ref in storage.expand(cfg.output)}
-    todo = [i for i, f in enumerate(inputs) if cfg.overwrite or f.output not in written]
-    already_complete = len(inputs) - len(todo)
     settings = json.dumps([model_id, _decode_settings(cfg)])
-    failed: dict[int, str] = {}  # input -> why it could not be translated (reported, not fatal)
-    pieces = {}
-    for i in todo:
-        try:
-            pieces[i] = plan_pieces(i, inputs[i], cfg.output, settings, int(cfg.piece_mb * 2**20))
-        except storage.StorageError as err:  # e.g. a Parquet file whose footer is broken
-            failed[i] = str(err)
-    todo = [i for i in todo if i in pieces]
-    if cfg.overwrite:
-        for i in todo:
-            storage.remove_tree(pieces[i][0].work.rsplit("/", 1)[0])
-    finished_pieces = {ref.uri for ref in storage.expand(storage.join(cfg.output, WORK_DIR))}
-    pending = [p for i in todo for p in pieces[i] if p.work not in finished_pieces]
-    reused = sum(map(len, pieces.values())) - len(pending)
+    piece_bytes = int(cfg.piece_mb * 2**20)
+    plan, report = _Plan(remaining=[0] * len(inputs)), _Report()
+    pending = _pending_pieces(cfg, inputs, settings, plan, report)
+    items = list(_work_items(pending, inputs, piece_bytes))
     log.info(
         "%d inputs: %d complete, %d to translate in %d pieces (%d left by an earlier run)",
-        len(inputs), already_complete, len(todo), len(pending), reused,
+        len(inputs), plan.already_complete, plan.to_translate, plan.pieces, plan.reused,
     )  # fmt: skip
-
-    totals = Counter()
-    error_samples: list[str] = list(failed.values())
-    remaining = Counter(p.input for p in pending)
-    finished: list[int] = []
-    rows_written = 0
-
-    def finish(i: int) -> None:
-        nonlocal rows_written
+    totals = Counter({key: 0 for key in _COUNTS})
+    translated = rows_written = 0
+    planning_s = time.time() - started
+    if items or plan.ready:
+        cluster.connect()
+        plan_args = (cfg.output, settings, piece_bytes, cfg.format)
+        finisher = _Finisher(inputs, plan_args, report, place)
         try:
-            rows_written += _finish(inputs[i], pieces[i], cfg.format)
-            finished.append(i)
-        except storage.StorageError as err:  # reported; the other inputs go on
-            failed[i] = str(err)
-            error_samples.append(str(err))
-
-    for i in todo:  # inputs all of whose pieces an earlier run finished
-        if not remaining[i]:
-            finish(i)
-    if pending:
-        for summary in _run_pieces(cfg, inputs, pending, model_id):
-            lease.check()
-            i = summary["input"]
-            if summary["failed"]:
-                failed[i] = summary["failed"]
-                error_samples.append(summary["failed"])
-            totals.update({key: summary[key] for key in _COUNTS})
-            error_samples += summary["error_samples"][: max(0, _ERROR_SAMPLES - len(error_samples))]
-            remaining[i] -= 1
-            if not remaining[i] and i not in failed:
-                finish(i)
+            for i in plan.ready:  # inputs all of whose pieces an earlier run finished
+                finisher.put(i)
+            summaries = _run_pieces(cfg, items, model_id, place) if items else iter(())
+            del items  # Ray Data holds them now
+            planning_s = time.time() - started
+            log.info("planned in %.1f s", planning_s)
+            for summary in summaries:
+                lease.check()
+                i = summary["input"]
+                totals.update({key: summary[key] for key in _COUNTS})
+                report.sample(summary["error_samples"])
+                if summary["failed"] and plan.remaining[i] >= 0:
+                    plan.remaining[i] = -1  # reported, never finished; the others go on
+                    report.fail(i, inputs[i].uri, summary["failed"])
+                elif plan.remaining[i] > 0:
+                    plan.remaining[i] -= 1
+                    if not plan.remaining[i]:
+                        finisher.put(i)
+            finisher.close(lease)
+        finally:
+            finisher.stop()
+        translated, rows_written = finisher.translated, finisher.rows_written
     seconds = time.time() - started
     summary = {
         "s2s_version": __version__,
@@ -162,20 +208,23 @@ def _translate_under_lease(
         "output": cfg.output,
         "inputs": {
             "total": len(inputs),
-            "already_complete": already_complete,
-            "translated": len(finished),  # failed inputs count in neither
-            "failed": [{"input": inputs[i].uri, "error": err} for i, err in sorted(failed.items())],
+            "already_complete": plan.already_complete,
+            "translated": translated,  # failed inputs count in neither
+            "failed_count": report.failed_count,
+            # The first _FAILURES_LISTED, in input order; failed_count has them all.
+            "failed": [{"input": uri, "error": err} for _, uri, err in report.failed],
         },
-        "pieces": {"translated": len(pending), "reused_from_earlier_run": reused},
+        "pieces": {"translated": plan.pieces, "reused_from_earlier_run": plan.reused},
         "documents": totals["documents"],
         "rows_written": rows_written,
         "errors": totals["errors"],
         "warnings": totals["warnings"],
-        "error_samples": error_samples[:_ERROR_SAMPLES],
+        "error_samples": report.samples,
         "blank_lines_skipped": totals["blank_lines"],
         "sentences": totals["sentences"],
         "src_tokens": totals["src_tokens"],
         "tgt_tokens": totals["tgt_tokens"],
+        "planning_s": round(planning_s, 2),  # listing and pieces, until work is handed to Ray
         "seconds": round(seconds, 2),
         "documents_per_s": round(totals["documents"] / seconds, 2),
         "sentences_per_s": round(totals["sentences"] / seconds, 2),
@@ -188,64 +237,164 @@ def _translate_under_lease(
     return summary
 
 
+def _pending_pieces(
+    cfg: TranslateConfig, inputs: list[InputFile], settings: str, plan: _Plan, report: _Report
+) -> Iterator[Piece]:
+    """The pieces to translate, input by input; what else planning finds goes into ``plan``.
+
+    One listing of the output prefix says both which outputs exist and which pieces an earlier
+    run finished; cutting JSONL and text inputs needs only the sizes the input listing gave.
+    """
+    work_root = storage.join(cfg.output, WORK_DIR)
+    written: set[str] = set()
+    finished: set[str] = set()
+    if cfg.overwrite:
+        storage.remove_tree(work_root)  # one listing and batched deletes, not a request per file
+    else:
+        for ref in storage.expand(cfg.output):
+            (finished if ref.uri.startswith(work_root + "/") else written).add(ref.uri)
+    for i, source in enumerate(inputs):
+        if source.output in written:
+            plan.already_complete += 1
+            continue
+        try:
+            pieces = plan_pieces(i, source, cfg.output, settings, int(cfg.piece_mb * 2**20))
+        except storage.StorageError as err:  # e.g. a large Parquet file whose footer is broken
+            plan.remaining[i] = -1
+            report.fail(i, source.uri, str(err))
+            continue
+        todo = [p for p in pieces if p.work not in finished]
+        plan.to_translate += 1
+        plan.pieces += len(todo)
+        plan.reused += len(pieces) - len(todo)
+        plan.remaining[i] = len(todo)
+        if not todo:
+            plan.ready.append(i)
+        yield from todo
+
+
 def _decode_settings(cfg: TranslateConfig) -> dict:
     """What changes a translation; a piece from a run with other settings is not reused."""
     keys = (
-        "engine",
-        "compute_type",
-        "beam",
-        "length_penalty",
-        "max_len_a",
-        "max_len_b",
-        "max_input_tokens",
-        "precision",
-        "max_document_chars",
-        "id_column",
-        "text_column",
-        "keep_source",
-        "input_format",
-    )
+        "engine", "compute_type", "beam", "length_penalty", "max_len_a", "max_len_b",
+        "max_input_tokens", "precision", "max_document_chars", "id_column", "text_column",
+        "keep_source", "input_format",
+    )  # fmt: skip
     return {k: getattr(cfg, k) for k in keys}
 
 
-def _finish(source: InputFile, pieces: list[Piece], out_format: str) -> int:
-    """Write an input's output file from its pieces, check its row count, drop the pieces."""
-    table = pa.concat_tables([_read_work(p.work) for p in pieces])
-    expected = count_documents(source)
-    if table.num_rows != expected:  # the input changed under the run: redo it next time
-        storage.remove_tree(pieces[0].work.rsplit("/", 1)[0])
-        raise storage.StorageError(
-            f"{source.uri}: {table.num_rows} documents translated, {expected} in the file now"
-        )
-    write_output(table, source.output, out_format)
-    written = count_output_rows(source.output, out_format)
-    if written != expected:
-        raise storage.StorageError(
-            f"{source.output}: wrote {written} rows for {expected} documents"
-        )
-    storage.remove_tree(pieces[0].work.rsplit("/", 1)[0])
-    log.info("%s: %d documents -> %s", source.name, table.num_rows, source.output)
-    return table.num_rows
+@ray.remote(num_cpus=_FINISH_CPUS, scheduling_strategy="SPREAD")
+def _finish_inputs(jobs: list[tuple[int, tuple]], plan: tuple) -> list[tuple[int, int, str | None]]:
+    """A Ray task: write the output files of inputs whose pieces are all in, each on its own (a
+    StorageError fails that input, not the others). Safe to retry (``finish_input``).
+
+    Args:
+        jobs: (input index, the InputFile's fields) per input.
+        plan: (output root, settings, piece bytes, output format): what cut the pieces.
+
+    Returns:
+        (input index, rows written, why it failed or None) per input.
+    """
+    output, settings, piece_bytes, out_format = plan
+
+    def finish(job: tuple[int, tuple]) -> tuple[int, int, str | None]:
+        i, source = job[0], InputFile(*job[1])
+        try:
+            pieces = plan_pieces(i, source, output, settings, piece_bytes)
+            return i, finish_input(source, pieces, out_format), None
+        except storage.StorageError as err:
+            return i, 0, str(err)
+
+    with ThreadPoolExecutor(min(_FINISH_THREADS, len(jobs))) as pool:
+        return list(pool.map(finish, jobs))
 
 
-def _read_work(uri: str) -> pa.Table:
-    fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as f:
-        return pq.read_table(f)
+class _Finisher:
+    """Finishing tasks, submitted from a driver thread as inputs complete: at most a few in flight
+    (_FINISH_TASKS_PER_NODE per node), each for up to _FINISH_BATCH inputs, results counted as
+    they come. The driver holds a few futures, never one per input."""
+
+    def __init__(self, inputs: list[InputFile], plan: tuple, report: _Report, place: dict) -> None:
+        self.inputs, self.plan, self.report = inputs, plan, report
+        self.task = _finish_inputs.options(**place)
+        self.in_flight = _FINISH_TASKS_PER_NODE * max(1, sum(n["Alive"] for n in ray.nodes()))
+        self.translated = self.rows_written = 0
+        self._ready: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="s2s-finish", daemon=True)
+        self._thread.start()
+
+    def put(self, i: int) -> None:
+        """Input ``i`` has all of its pieces: finish it."""
+        if self._error:
+            raise self._error
+        self._ready.put(i)
+
+    def close(self, lease: Lease) -> None:
+        """No more inputs: wait until every one handed over is finished or failed."""
+        self._ready.put(None)
+        while self._thread.is_alive():
+            lease.check()
+            self._thread.join(1.0)
+        if self._error:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as err:  # raised again in the driver's main thread
+            self._error = err
+
+    def _loop(self) -> None:
+        waiting: deque[int] = deque()
+        running: set[ray.ObjectRef] = set()
+        closed = False
+        while not self._stop.is_set() and (running or waiting or not closed):
+            closed = self._take(waiting, block=not (running or waiting)) or closed
+            while waiting and len(running) < self.in_flight:
+                batch = [waiting.popleft() for _ in range(min(_FINISH_BATCH, len(waiting)))]
+                jobs = [(i, dataclasses.astuple(self.inputs[i])) for i in batch]
+                running.add(self.task.remote(jobs, self.plan))
+            if running:
+                done, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+                for ref in done:
+                    running.remove(ref)
+                    self._count(ray.get(ref))
+        for ref in running:  # stopped: the run failed (a lost lease, an error)
+            ray.cancel(ref)
+
+    def _take(self, waiting: deque[int], block: bool) -> bool:
+        """Move the inputs handed over so far into ``waiting``; True once there will be none."""
+        try:
+            i = self._ready.get(timeout=0.2) if block else self._ready.get_nowait()
+            while i is not None:
+                waiting.append(i)
+                i = self._ready.get_nowait()
+            return True
+        except queue.Empty:
+            return False
+
+    def _count(self, results: list[tuple[int, int, str | None]]) -> None:
+        for i, rows, error in results:
+            source = self.inputs[i]
+            if error:
+                self.report.fail(i, source.uri, error)
+            else:
+                self.translated += 1
+                self.rows_written += rows
+                log.info("%s: %d documents -> %s", source.name, rows, source.output)
 
 
-def _run_pieces(cfg: TranslateConfig, inputs: list[InputFile], pending: list[Piece], model_id):
-    """Yield one summary per piece as the translator pool finishes it."""
-    if not ray.is_initialized():
-        # No address: an embedded local cluster; under `ray job submit` or with RAY_ADDRESS set,
-        # that cluster.
-        ray.init(logging_level=logging.WARNING)
+def _run_pieces(
+    cfg: TranslateConfig, items: list[str], model_id: str, place: dict
+) -> Iterator[dict]:
+    """One summary per piece, as the translator pool finishes it."""
     min_actors, max_actors = cfg.actor_pool()
-    items = [
-        # Each piece travels with its input's description: actors need nothing else.
-        json.dumps([[dataclasses.asdict(p), dataclasses.asdict(inputs[p.input])] for p in item])
-        for item in _work_items(inputs, pending, int(cfg.piece_mb * 2**20))
-    ]
     dataset = ray.data.from_items(
         [{"pieces": item} for item in items], override_num_blocks=len(items)
     ).map_batches(
@@ -255,28 +404,30 @@ def _run_pieces(cfg: TranslateConfig, inputs: list[InputFile], pending: list[Pie
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
         num_cpus=cfg.cpus_per_actor,
         num_gpus=cfg.gpus_per_actor if cfg.use_gpu else 0,
+        **place,
     )
-    for row in dataset.iter_rows():
-        yield from json.loads(row["summaries"])
+    return (summary for row in dataset.iter_rows() for summary in json.loads(row["summaries"]))
 
 
 def _work_items(
-    inputs: list[InputFile], pending: list[Piece], piece_bytes: int
-) -> list[list[Piece]]:
-    """Pieces grouped into actor calls: small files (a text document each) share a call, so
-    their sentences batch together."""
-    items, current, size = [], [], 0
-    for piece in pending:
+    pieces: Iterable[Piece], inputs: list[InputFile], piece_bytes: int
+) -> Iterator[str]:
+    """Pieces grouped into actor calls, as the JSON that travels to the actors: small files share
+    a call, so their sentences batch together; a call holds at most _ITEM_PIECES pieces."""
+    item, size = [], 0
+    for piece in pieces:
         source = inputs[piece.input]
         piece_size = (
             piece.end - piece.start if source.format == "jsonl" and piece.end else source.size
         )
-        if current and size + piece_size > piece_bytes:
-            items.append(current)
-            current, size = [], 0
-        current.append(piece)
+        if item and (size + piece_size > piece_bytes or len(item) >= _ITEM_PIECES):
+            yield json.dumps(item)
+            item, size = [], 0
+        # Each piece travels with its input's description: actors need nothing else.
+        item.append([dataclasses.astuple(piece), dataclasses.astuple(source)])
         size += piece_size
-    return items + ([current] if current else [])
+    if item:
+        yield json.dumps(item)
 
 
 class _PieceTranslator:
@@ -287,6 +438,7 @@ class _PieceTranslator:
         # different threads, OpenMP keeps a team of worker threads per calling thread, and two
         # teams on the same cores translate 40% slower (measured; see README, bench_translate).
         self._engine = ThreadPoolExecutor(1, thread_name_prefix="s2s-engine")
+        self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="s2s-io")
         self.cfg = from_dict(TranslateConfig, cfg)
         self.translator = self._engine.submit(self._load, model_id).result()
 
@@ -305,53 +457,34 @@ class _PieceTranslator:
     def _call(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         summaries = []
         for item in batch["pieces"]:
-            pieces = [(Piece(**p), InputFile(**source)) for p, source in json.loads(item)]
+            pieces = [(Piece(*p), InputFile(*source)) for p, source in json.loads(item)]
             summaries += self._translate(pieces)
         return {"summaries": [json.dumps(summaries)]}
 
+    def _read(self, job: tuple[Piece, InputFile]) -> tuple[Documents | None, str | None]:
+        piece, source = job
+        try:
+            return read_piece(source, piece, self.cfg.id_column, self.cfg.text_column), None
+        except storage.StorageError as err:  # the input is reported failed, not finished
+            return None, str(err)
+
     def _translate(self, pieces: list[tuple[Piece, InputFile]]) -> list[dict]:
         """Translate the documents of several pieces together; write each piece's results."""
-        cfg, read, failed = self.cfg, [], {}
-        for n, (piece, source) in enumerate(pieces):
-            try:
-                read.append(read_piece(source, piece, cfg.id_column, cfg.text_column))
-            except storage.StorageError as err:  # the input is reported failed, not finished
-                failed[n] = str(err)
-                read.append(None)
+        read = list(self._io.map(self._read, pieces))  # (documents, why unreadable) per piece
         texts = [
             text if error is None else None
-            for docs in read if docs is not None
+            for docs, _ in read if docs is not None
             for text, error in zip(docs.texts, docs.errors)
         ]  # fmt: skip
-        results = iter(self.translator.translate_documents(texts, cfg.max_document_chars))
-        summaries = []
-        for n, ((piece, source), docs) in enumerate(zip(pieces, read)):
-            counts = Counter({key: 0 for key in _COUNTS})
-            samples = []
-            if docs is not None:
-                mine = [next(results) for _ in docs.texts]
-                table = self._table(docs, mine)
-                _write_work(table, piece.work)
-                errors = table.column("error").to_pylist()
-                samples = [
-                    f"{source.name}: id {i}: {e}" if i is not None else e
-                    for i, e in zip(docs.ids, errors)
-                    if e
-                ]
-                counts.update(
-                    documents=len(mine),
-                    errors=len(samples),
-                    warnings=table.num_rows - table.column("warning").null_count,
-                    sentences=sum(r.n_segments for r in mine),
-                    src_tokens=sum(r.src_tokens for r in mine),
-                    tgt_tokens=sum(r.tgt_tokens for r in mine),
-                    blank_lines=docs.blank_lines,
-                )
-            summaries.append({
-                "input": piece.input, "piece": piece.start, "failed": failed.get(n),
-                "error_samples": samples[:_ERROR_SAMPLES], **counts,
-            })  # fmt: skip
-        return summaries
+        results = iter(self.translator.translate_documents(texts, self.cfg.max_document_chars))
+        mine = [None if docs is None else [next(results) for _ in docs.texts] for docs, _ in read]
+        tables = [None if r is None else self._table(d, r) for (d, _), r in zip(read, mine)]
+        writes = [(table, p.work) for table, (p, _) in zip(tables, pieces) if table is not None]
+        list(self._io.map(lambda job: write_work(*job), writes))
+        return [
+            _summary(piece, source, docs, table, results, failed)
+            for (piece, source), (docs, failed), table, results in zip(pieces, read, tables, mine)
+        ]
 
     def _table(self, docs: Documents, results: list[DocumentResult]) -> pa.Table:
         """The output rows of one piece; a row unreadable at input keeps its read error."""
@@ -370,7 +503,34 @@ class _PieceTranslator:
         return result_table(self.cfg.id_column, columns, self.cfg.keep_source)
 
 
-def _write_work(table: pa.Table, uri: str) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+def _summary(
+    piece: Piece,
+    source: InputFile,
+    docs: Documents | None,
+    table: pa.Table | None,
+    results: list[DocumentResult] | None,
+    failed: str | None,
+) -> dict:
+    """What the driver counts of one piece (all zero, ``failed`` set, for an unreadable one)."""
+    counts = Counter({key: 0 for key in _COUNTS})
+    samples = []
+    if table is not None:
+        errors = table.column("error").to_pylist()
+        samples = [
+            f"{source.name}: id {i}: {e}" if i is not None else e
+            for i, e in zip(docs.ids, errors)
+            if e
+        ]
+        counts.update(
+            documents=len(results),
+            errors=len(samples),
+            warnings=table.num_rows - table.column("warning").null_count,
+            sentences=sum(r.n_segments for r in results),
+            src_tokens=sum(r.src_tokens for r in results),
+            tgt_tokens=sum(r.tgt_tokens for r in results),
+            blank_lines=docs.blank_lines,
+        )
+    return {
+        "input": piece.input, "piece": piece.start, "failed": failed,
+        "error_samples": samples[:_ERROR_SAMPLES], **counts,
+    }  # fmt: skip

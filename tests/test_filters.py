@@ -5,9 +5,9 @@ import pytest
 from s2s.corpus import RECORD_SCHEMA
 from s2s.filters import (
     SPLITS,
-    DedupIndex,
     SplitPlan,
     clean_records,
+    dedup_groups,
     length_reasons,
     mark_duplicates,
     normalize_text,
@@ -105,37 +105,89 @@ def test_stable_hash_is_stable():
     assert stable_hash(["abc"]).dtype == np.uint64
 
 
-def test_dedup_index_matches_a_set():
-    rng = np.random.default_rng(0)
-    index, seen = DedupIndex(), set()
-    for _ in range(60):
-        batch = rng.integers(0, 5000, size=rng.integers(1, 400)).astype(np.uint64)
-        expected = []
-        for h in batch.tolist():
-            expected.append(h not in seen)
-            seen.add(h)
-        assert index.add_new(batch).tolist() == expected
-    assert len(index) == len(seen)
-    assert len(index._runs) <= int(np.log2(len(seen))) + 1  # runs merge like a binary counter
+def corpus_with_duplicates(seed: int, units: int = 4, lines: int = 300) -> pa.Table:
+    """Cleaned records of several inputs drawing from 150 pairs: most pairs repeat, within and
+    across inputs; some lines are already dropped (an unparsable line; a training copy that
+    overlaps an evaluation source, which keeps its pair hash)."""
+    rng = np.random.default_rng(seed)
+    tables = []
+    for unit in range(units):
+        picks = rng.integers(0, 150, lines)
+        pairs = [(f"source {i}", f"Ziel {i}") for i in picks]
+        reasons = [None] * lines
+        for row in rng.choice(lines, 20, replace=False):
+            reasons[row] = "missing_tab"
+            pairs[row] = (None, None)
+        records = make_records(pairs, input_ids=[unit] * lines, reasons=reasons)
+        tables.append(clean_records(records, SplitPlan("s"), ["train"] * units))
+    table = pa.concat_tables(tables)
+    overlaps = rng.choice(len(table), 30, replace=False)
+    reason = table["reason"].to_pylist()
+    for row in overlaps.tolist():
+        reason[row] = reason[row] or "overlaps_eval"
+    return table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reason))
 
 
-def test_mark_duplicates_only_touches_kept_rows():
-    records = clean_records(
-        make_records(
-            [("a", "b"), ("a", "b"), ("c", "d"), ("a", "b")], reasons=[None, None, None, "x"]
-        ),
-        SplitPlan("s"),
-        ["train"],
-    )
-    index = DedupIndex()
-    first = mark_duplicates(records, index)
-    assert first["reason"].to_pylist() == [None, "duplicate", None, "x"]
-    assert mark_duplicates(records, index)["reason"].to_pylist() == [
-        "duplicate",
-        "duplicate",
-        "duplicate",
-        "x",
-    ]
+def first_positions(table: pa.Table) -> set[tuple[int, int]]:
+    """Reference: the (input_id, line) of the first kept copy of each pair, by position."""
+    first = {}
+    for row in sorted(table.to_pylist(), key=lambda r: (r["input_id"], r["line"])):
+        if row["reason"] is None:
+            first.setdefault((row["src"], row["tgt"]), (row["input_id"], row["line"]))
+    return set(first.values())
+
+
+def reasons_by_position(table: pa.Table) -> dict[tuple[int, int], str | None]:
+    return {(r["input_id"], r["line"]): r["reason"] for r in table.to_pylist()}
+
+
+def test_mark_duplicates_keeps_the_first_copy_by_position_whatever_the_row_order():
+    table = corpus_with_duplicates(seed=0)
+    rng = np.random.default_rng(1)
+    before = reasons_by_position(table)
+    results = []
+    for _ in range(5):  # rows in any order, in one table or several chunks
+        shuffled = table.take(rng.permutation(len(table)))
+        chunked = pa.Table.from_batches(shuffled.to_batches(max_chunksize=97))
+        results.append(reasons_by_position(mark_duplicates(chunked)))
+    assert all(result == results[0] for result in results)
+    result = results[0]
+    kept = {position for position, reason in result.items() if reason is None}
+    assert kept == first_positions(table)
+    for position, reason in result.items():  # only kept rows change, and only to "duplicate"
+        assert reason == before[position] or (before[position] is None and reason == "duplicate")
+    overlaps = [p for p, reason in before.items() if reason == "overlaps_eval"]
+    assert overlaps and all(result[p] == "overlaps_eval" for p in overlaps)
+
+
+def test_dedup_groups_make_partitioned_dedup_exact():
+    table = corpus_with_duplicates(seed=2, units=6)
+    grouped = dedup_groups(table, groups=8)
+    group = grouped["dedup_group"].to_numpy()
+    assert group.min() >= 0 and group.max() < 8
+    kept = grouped["reason"].is_null().to_numpy(zero_copy_only=False)
+    pair_group = {}
+    for pair_hash, g in zip(grouped["pair_hash"].to_numpy()[kept], group[kept]):
+        assert pair_group.setdefault(int(pair_hash), int(g)) == g  # same hash, same group
+    assert len(set(group[~kept].tolist())) > 1  # dropped rows are spread, not piled in one group
+
+    # Each group de-duplicated alone, groups and rows in any order == the whole corpus at once.
+    rng = np.random.default_rng(3)
+    parts = []
+    for g in rng.permutation(8):
+        part = grouped.filter(pa.array(group == g))
+        parts.append(mark_duplicates(part.take(rng.permutation(len(part)))))
+    partitioned = reasons_by_position(pa.concat_tables(parts))
+    assert partitioned == reasons_by_position(mark_duplicates(grouped))
+    kept_positions = {p for p, reason in partitioned.items() if reason is None}
+    assert kept_positions == first_positions(table)
+    assert len(partitioned) == len(table)  # every record still there, once
+
+
+def test_mark_duplicates_without_repeats_changes_nothing():
+    table = clean_records(make_records([("a", "b"), ("c", "d")]), SplitPlan("s"), ["train"])
+    assert mark_duplicates(table)["reason"].to_pylist() == [None, None]
+    assert mark_duplicates(table.slice(0, 0)).num_rows == 0
 
 
 def test_length_reasons():

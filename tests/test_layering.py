@@ -6,6 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "s2s"
 STAGES = ["prepare", "train", "translate", "evaluate"]  # in pipeline order
 ENTRYPOINTS = {"cli", "pipeline"}  # the doors (and the pipeline of all stages) import every stage
+RAY_SUPPORT = {"cluster"}  # what the cluster offers, asked by the stages before they start work
 
 
 def imports(path: Path) -> set[str]:
@@ -30,9 +31,16 @@ def test_only_stage_modules_import_ray():
     offenders = [
         name
         for name, names in modules().items()
-        if name not in STAGES and any(n == "ray" or n.startswith("ray.") for n in names)
+        if name not in STAGES + [*RAY_SUPPORT]
+        and any(n == "ray" or n.startswith("ray.") for n in names)
     ]
     assert offenders == []
+
+
+def test_ray_support_imports_no_stage():
+    for name in RAY_SUPPORT:
+        stages = [s for s in STAGES if f"s2s.{s}" in modules()[name]]
+        assert stages == [], f"{name} imports stage(s) {stages}"
 
 
 def test_no_module_imports_a_later_stage():

@@ -145,6 +145,12 @@ def test_manifest_contents(prepared_local, mixed_inputs):
     assert all(i["bytes"] > 0 for i in manifest["inputs"])
     assert manifest["dropped_samples"]["invalid_utf8"] == [f"{d / 'a.tsv'}:1507"]
     assert manifest["dropped_samples"]["unaligned"] == [f"{d / 'd.en'} + {d / 'd.de'}:401"]
+    # The first copy by input position stays: a.tsv (the first input) line 1505 repeats the first
+    # JSONL pair, so the JSONL copy is the duplicate; a.tsv line 1506 repeats line 6 once cleaned.
+    assert sorted(manifest["dropped_samples"]["duplicate"]) == [
+        f"{d / 'a.tsv'}:1506",
+        f"{d / 'b.jsonl.gz'}:1",
+    ]
     train = manifest["lengths"]["train"]["src"]
     assert 0 < train["p50"] <= train["p95"] <= train["max"]
     assert manifest["filters"]["max_len"] == 1000
@@ -190,7 +196,7 @@ def test_s3_in_and_out_with_explicit_valid(ray_local, bucket, prepared_local, ge
     assert {k: sorted(v) for k, v in again.items()} == {k: sorted(v) for k, v in by_split.items()}
 
 
-def test_preflight_errors_come_before_any_work(tmp_path, bucket):
+def test_preflight_errors_come_before_any_work(ray_local, tmp_path, bucket):
     (tmp_path / "ok.tsv").write_text("a\tb\n")
     (tmp_path / "empty.tsv").write_text("")
     (tmp_path / "out").mkdir()

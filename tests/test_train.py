@@ -1,6 +1,7 @@
 """Ray Train runs on the local runtime: 2-worker DDP, epochs over uneven shards, resume, a killed
 worker, checkpoints on S3. Each run is small (a tiny Transformer, a few dozen steps)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from s2s.checkpoint import load_checkpoint
 from s2s.config import ConfigError, PrepareConfig, TrainConfig, model_preset
 from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
+from s2s.sampler import DataDigest, EpochPlan, steps
 from s2s.search import greedy_search
 from s2s.train import train
 from tests.conftest import pids_running
@@ -42,7 +44,7 @@ def corpus(ray_local, tmp_path_factory, gettext_pairs):
 
 def tiny_config(corpus: str, output: str, **changes) -> TrainConfig:
     cfg = TrainConfig(
-        data=corpus, output=output, workers=2, cpus_per_worker=0.5, max_tokens=1200,
+        data=corpus, output=output, workers="2", max_tokens=1200,
         lr=2e-3, warmup=20, log_every=5, eval_every=20, checkpoint_every=20, eval_sentences=50,
         keep_last=2, model=model_preset("transformer-small", TINY),
     )  # fmt: skip
@@ -119,6 +121,36 @@ def test_killed_worker_restarts_from_checkpoint_on_s3(corpus, bucket):
     assert result.metrics["step"] == 60
     assert result.checkpoint.startswith(f"{run}/checkpoint_")
     assert load_checkpoint(result.checkpoint).trainer_state["step"] == 60
+    # The resumed run trained on exactly the batches of an uninterrupted one, in the same order,
+    # and (dropout masks seeded by step and rank) ends where an uninterrupted run ends.
+    assert result.metrics["data_digest"] == expected_digest(cfg, 60)
+    straight = train(dataclasses.replace(cfg, output=f"{bucket}/runs/straight", max_failures=0))
+    assert straight.metrics["data_digest"] == result.metrics["data_digest"]
+    assert straight.metrics["valid_ppl"] == pytest.approx(result.metrics["valid_ppl"], rel=1e-3)
+
+
+def expected_digest(cfg: TrainConfig, steps_done: int) -> str:
+    """The data digest after ``steps_done`` steps, computed from the corpus without training."""
+    shards = read_manifest(cfg.data)["shards"]["train"]
+    plan = EpochPlan(cfg.data, shards, cfg.shuffle, cfg.shuffle_buffer, cfg.max_tokens, cfg.seed)
+    digest, epoch, done = DataDigest(), 0, 0
+    per_step = cfg.worker_range()[1] * cfg.update_freq
+    while done < steps_done:
+        for group in steps(plan.batches(epoch), per_step):
+            digest.update(group)
+            done += 1
+            if done == steps_done:
+                break
+        epoch += 1
+    return digest.value
+
+
+def test_a_cluster_too_small_is_refused_at_once_with_the_numbers(corpus, tmp_path):
+    started = time.monotonic()
+    cfg = tiny_config(corpus, str(tmp_path / "run"), max_steps=5, workers="3", cpus_per_worker=1)
+    with pytest.raises(ConfigError, match=r"needs 3 CPU; the cluster has 2 CPU and no autoscaler"):
+        train(cfg)
+    assert time.monotonic() - started < 30  # refused, not waited on
 
 
 def test_bad_configs_fail_before_workers_start(corpus, tmp_path):

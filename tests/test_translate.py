@@ -16,6 +16,14 @@ import pytest
 from s2s import storage
 from s2s.cli import main
 from s2s.config import ConfigError, TranslateConfig
+from s2s.documents import (
+    finish_input,
+    plan_outputs,
+    plan_pieces,
+    read_piece,
+    result_table,
+    write_work,
+)
 from s2s.translate import translate
 from s2s.translator import Translator
 from tests.conftest import pids_running
@@ -128,7 +136,9 @@ def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoin
     letter = read_jsonl(f"{bucket}/out/letter.jsonl")  # a text file is one document
     assert [r["id"] for r in letter] == ["letter.txt"] and letter[0]["n_segments"] == 2
 
-    assert summary["inputs"] == {"total": 3, "already_complete": 0, "translated": 3, "failed": []}
+    assert summary["inputs"] == {
+        "total": 3, "already_complete": 0, "translated": 3, "failed_count": 0, "failed": []
+    }  # fmt: skip
     assert summary["documents"] == summary["rows_written"] == len(expect) + 3 + 1
     assert summary["errors"] == sum(bool(w.get("error")) for w in expect) + 1
     assert summary["blank_lines_skipped"] == 1
@@ -161,7 +171,9 @@ def test_rerun_skips_and_new_files_are_picked_up(ray_local, toy_checkpoint, docu
     stamp = s3.head_object(Bucket=name, Key="out/news.jsonl")["ETag"], first["model"]
 
     again = run(toy_checkpoint, bucket)
-    assert again["inputs"] == {"total": 3, "already_complete": 3, "translated": 0, "failed": []}
+    assert again["inputs"] == {
+        "total": 3, "already_complete": 3, "translated": 0, "failed_count": 0, "failed": []
+    }  # fmt: skip
     assert again["documents"] == 0
     assert (s3.head_object(Bucket=name, Key="out/news.jsonl")["ETag"], again["model"]) == stamp
 
@@ -250,7 +262,7 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     )  # fmt: skip
     try:
         deadline = time.time() + 120
-        while len(list(out.glob("_work/*/*.parquet"))) < 3 and time.time() < deadline:
+        while len(list(out.glob("_work/*.parquet"))) < 3 and time.time() < deadline:
             assert first.poll() is None, "the first run ended before it could be interrupted"
             time.sleep(0.1)
         # While it runs, a second run on the same output does nothing and says why.
@@ -271,3 +283,66 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     rows = read_jsonl(str(out / "big.jsonl"))
     assert [r["id"] for r in rows] == [str(n) for n in range(300)]
     assert not (out / "_lease.json").exists()
+
+
+def test_run_summary_lists_the_first_failures_and_counts_them_all(
+    ray_local, toy_checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("s2s.translate._FAILURES_LISTED", 5)
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    docs.mkdir()
+    for n in range(30):  # unreadable: each fails alone, in its translator actor
+        (docs / f"broken-{n:02d}.parquet").write_bytes(b"PAR1 this is no parquet file")
+    for n in range(3):
+        (docs / f"good-{n}.jsonl").write_text(json.dumps({"id": n, "text": GOOD[n]}) + "\n")
+    summary = translate(
+        TranslateConfig(
+            model=toy_checkpoint, input=str(docs), output=str(out), beam=1, cpus_per_actor=0.5,
+            torch_threads=1,
+        )
+    ).summary  # fmt: skip
+    inputs = summary["inputs"]
+    assert (inputs["total"], inputs["translated"], inputs["failed_count"]) == (33, 3, 30)
+    assert [f["input"] for f in inputs["failed"]] == [
+        str(docs / f"broken-{n:02d}.parquet") for n in range(5)
+    ]  # the first five in input order, each with its reason
+    assert all("unreadable" in f["error"] for f in inputs["failed"])
+    assert len(summary["error_samples"]) == 20  # capped too
+    assert summary["rows_written"] == summary["documents"] == 3
+    assert json.loads((out / "_run.json").read_text()) == summary
+    assert sorted(p.name for p in out.glob("*.jsonl")) == [
+        "good-0.jsonl",
+        "good-1.jsonl",
+        "good-2.jsonl",
+    ]
+
+
+def test_finishing_an_input_twice_changes_nothing(tmp_path):
+    """What a finishing task does, without Ray: a small Parquet file is one piece planned without
+    reading it; finishing again (a task retried after its node was lost, its pieces already
+    deleted) checks the output instead of failing the input."""
+    docs, out = tmp_path / "docs", str(tmp_path / "out")
+    docs.mkdir()
+    (docs / "a.jsonl").write_text("".join(f'{{"id": "a{n}", "text": "Quit"}}\n' for n in range(5)))
+    pq.write_table(pa.table({"id": ["b0", "b1"], "text": ["Quit", "Open"]}), docs / "b.parquet",
+                   row_group_size=1)  # fmt: skip
+    sources = plan_outputs(storage.expand(str(docs)), str(docs), out, "auto", "jsonl")
+    for i, source in enumerate(sources):
+        piece_bytes = 60 if source.format == "jsonl" else 2**20  # a.jsonl: 3 pieces; b: 1
+        pieces = plan_pieces(i, source, out, "settings", piece_bytes)
+        assert len(pieces) == (3 if source.format == "jsonl" else 1)
+        for piece in pieces:
+            rows = read_piece(source, piece, "id", "text")
+            n, columns = len(rows.ids), ("error", "warning", "model")
+            table = {"id": rows.ids, "translation": rows.texts, "n_segments": [1] * n}
+            write_work(
+                result_table("id", table | {c: [None] * n for c in columns}, False), piece.work
+            )
+        documents = 5 if source.format == "jsonl" else 2
+        assert finish_input(source, pieces, "jsonl") == documents
+        assert [r["id"] for r in read_jsonl(source.output)][-1] == ("a4", "b1")[i]
+        assert not storage.expand(f"{out}/_work")  # pieces gone
+        assert finish_input(source, pieces, "jsonl") == documents  # again: checked, not failed
+    os.remove(sources[0].output)
+    with pytest.raises(storage.StorageError, match="not found"):
+        finish_input(sources[0], plan_pieces(0, sources[0], out, "settings", 60), "jsonl")

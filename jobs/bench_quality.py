@@ -88,12 +88,8 @@ def run_s2s(preset: str, data: str, test: str, work: Path, budget: float, train_
     if train_it:
         shutil.rmtree(run, ignore_errors=True)
         cfg = train_config(yaml.safe_load((RECIPES / f"{preset}.yaml").read_text()))
-        cores = os.cpu_count() or 2
-        # One worker: reserve all but one core (Ray Data reads on it), compute on all of them.
-        cfg = dataclasses.replace(
-            cfg, data=data, output=str(run), max_time_min=budget,
-            cpus_per_worker=max(cores - 1, 1), torch_threads=cores,
-        )  # fmt: skip
+        # One worker, the defaults: it computes on all the cores.
+        cfg = dataclasses.replace(cfg, data=data, output=str(run), max_time_min=budget)
         train(cfg)
     metrics = read_metrics(str(run))
     logged = [m for m in metrics if "tgt_tokens_per_s" in m][1:]  # the first window starts up

@@ -56,14 +56,13 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 2
     cfg = PipelineConfig(corpus=[corpus], docs=storage.join(out, "docs"), output=out)
     cfg.prepare = PrepareConfig()
-    # One training worker on all but one reserved core (Ray Data reads on that one), computing
-    # on all of them; evaluation on 500 test sentences; one translator actor.
+    # One training worker (computing on all the cores by default); evaluation on 500 test
+    # sentences; one translator actor.
     # The benchmark's short-budget recipe (jobs/configs/quality/transformer-small.yaml).
     recipe = yaml.safe_load((RECIPES / "transformer-small.yaml").read_text())
     cfg.train = dataclasses.replace(
         train_config(recipe), max_time_min=args.minutes, max_steps=args.train_steps,
-        cpus_per_worker=max(cores - 1, 1), torch_threads=cores, eval_every=100,
-        checkpoint_every=100, eval_sentences=200,
+        eval_every=100, checkpoint_every=100, eval_sentences=200,
     )  # fmt: skip
     cfg.evaluate.limit = 500
     cfg.evaluate.torch_threads = cores

@@ -49,6 +49,8 @@ WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "trainer_state.json",
     "optimizer.pt",
 )
+# Ray Train's record, in the run directory, of the checkpoints it registered (uploaded in full).
+_RAY_CHECKPOINTS = "checkpoint_manager_snapshot.json"
 
 
 @dataclass
@@ -139,10 +141,22 @@ def load_optimizer_state(uri: str) -> dict | None:
 
 def list_checkpoints(run: str) -> list[tuple[int, str]]:
     """(step, URI) of the complete ``checkpoint_*`` directories of a run, by step (``best/`` is
-    a copy of one of them and left out)."""
+    a copy of one of them and left out).
+
+    Checkpoints upload in the background, file by file: a directory whose upload a lost node
+    cut short has some files and not others. Where Ray Train's record of the checkpoints it
+    registered (uploaded in full) is there, only those count.
+    """
+    snapshot = storage.join(run, _RAY_CHECKPOINTS)
+    registered = None
+    if storage.exists(snapshot):
+        results = json.loads(storage.read_bytes(snapshot)).get("checkpoint_results", [])
+        registered = {r["checkpoint_dir_name"] for r in results}
     found = []
     for ref in storage.expand(storage.join(run, "checkpoint_*", STATE)):
         directory = ref.uri.rsplit("/", 1)[0]
+        if registered is not None and directory.rsplit("/", 1)[1] not in registered:
+            continue
         step = json.loads(storage.read_bytes(ref.uri)).get("step", 0)
         found.append((step, directory))
     return sorted(found)

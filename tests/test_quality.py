@@ -43,7 +43,7 @@ def model(corpus, tmp_path_factory) -> str:
     result = train(
         TrainConfig(
             data=corpus, output=run, model=model_preset("transformer-small", SMALL),
-            cpus_per_worker=1, torch_threads=2, max_steps=STEPS, max_tokens=1500, lr=3e-3,
+            max_steps=STEPS, max_tokens=1500, lr=3e-3,
             warmup=50, schedule="linear", eval_every=10**6, checkpoint_every=10**6,
             eval_sentences=100, log_every=100,
         )

@@ -147,7 +147,11 @@ def expected_digest(cfg: TrainConfig, steps_done: int) -> str:
 
 def test_a_cluster_too_small_is_refused_at_once_with_the_numbers(corpus, tmp_path):
     started = time.monotonic()
-    cfg = tiny_config(corpus, str(tmp_path / "run"), max_steps=5, workers="3", cpus_per_worker=1)
+    # A short wait, should the check take the cluster for one an autoscaler can grow: then the
+    # refusal comes late, and with another reason, and the test fails.
+    cfg = tiny_config(
+        corpus, str(tmp_path / "run"), max_steps=5, workers="3", wait_for_workers_s=20
+    )
     with pytest.raises(ConfigError, match=r"needs 3 CPU; the cluster has 2 CPU and no autoscaler"):
         train(cfg)
     assert time.monotonic() - started < 30  # refused, not waited on

@@ -1,5 +1,6 @@
 """Batching, loss, schedules and checkpoints: the Ray-free parts of training."""
 
+import json
 import math
 import random
 
@@ -128,3 +129,10 @@ def test_average_checkpoints(tmp_path, gettext_pairs):
         assert torch.allclose(tensor, expected, atol=1e-6), name
     with pytest.raises(ValueError, match="fewer than --last 5"):
         average_checkpoints(str(tmp_path / "run"), 5, str(tmp_path / "avg2"))
+    # A checkpoint whose upload a lost node cut short is in the run directory but not in Ray
+    # Train's record of the registered ones: it does not count.
+    names = [{"checkpoint_dir_name": f"checkpoint_{s}", "metrics": {}} for s in (10, 30)]
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"checkpoint_results": names})
+    )
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [10, 30]

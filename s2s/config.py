@@ -289,17 +289,7 @@ class TrainConfig:
 
     def worker_range(self) -> tuple[int, int]:
         """(min, max) workers from ``workers``: "N" or "MIN-MAX"."""
-        try:
-            sizes = [int(part) for part in str(self.workers).replace(",", "-").split("-")]
-        except ValueError:
-            sizes = []
-        if len(sizes) == 1:
-            sizes *= 2
-        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
-            raise ConfigError(
-                f"workers must be N or MIN-MAX (1 <= MIN <= MAX), got {self.workers!r}"
-            )
-        return sizes[0], sizes[1]
+        return _size_range(self.workers, "workers", "MIN-MAX")
 
 
 def train_config(data: dict[str, Any]) -> TrainConfig:
@@ -384,17 +374,7 @@ class TranslateConfig(DecodeConfig):
 
     def actor_pool(self) -> tuple[int, int]:
         """(min, max) translator actors from ``concurrency``."""
-        try:
-            sizes = [int(part) for part in str(self.concurrency).split(",")]
-        except ValueError:
-            sizes = []
-        if len(sizes) == 1:
-            sizes *= 2
-        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
-            raise ConfigError(
-                f"concurrency must be N or MIN,MAX (1 <= MIN <= MAX), got {self.concurrency!r}"
-            )
-        return sizes[0], sizes[1]
+        return _size_range(self.concurrency, "concurrency", "MIN,MAX")
 
 
 @dataclass
@@ -411,6 +391,19 @@ class EvaluateConfig(DecodeConfig):
         if not self.data:
             raise ConfigError("evaluate needs --data URI (a prepared corpus or a TSV file)")
         _at_least(self, 0, "limit")
+
+
+def _size_range(value: Any, key: str, form: str) -> tuple[int, int]:
+    """(min, max) from "N" or a range written as ``form`` ("MIN-MAX" or "MIN,MAX")."""
+    try:
+        sizes = [int(part) for part in str(value).replace(",", "-").split("-")]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
+        raise ConfigError(f"{key} must be N or {form} (1 <= MIN <= MAX), got {value!r}")
+    return sizes[0], sizes[1]
 
 
 def _at_least(cfg: Any, minimum: float, *keys: str, prefix: str = "") -> None:

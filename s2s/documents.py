@@ -328,9 +328,7 @@ def write_output(table: pa.Table, uri: str, out_format: str) -> None:
 
 def write_work(table: pa.Table, uri: str) -> None:
     """Write one piece's results (Parquet; atomic)."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+    write_output(table, uri, "parquet")
 
 
 def _read_work(uri: str) -> pa.Table:

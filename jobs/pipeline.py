@@ -1,12 +1,15 @@
 """Ray job: the whole pipeline, prepare -> train -> evaluate -> translate, each stage skipped when
-its output is complete (see s2s/pipeline.py). The same command runs on an embedded local Ray and
-under `ray job submit`:
+its output is complete (see s2s/pipeline.py); a prepare that failed or was killed midway is run
+again by the next run of the job. The same command runs on an embedded local Ray and under
+`ray job submit`:
 
     python jobs/pipeline.py --corpus s3://raw/en-de.tsv --docs s3://inbox/ --output s3://nmt/en-de \
         --model transformer-small --max-steps 20000 --workers 2 [--config FILE] [train.lr=5e-4 ...]
 
-Exit status: 0 done; 1 some documents' inputs failed to translate (listed last); 2 a bad setting
-or unreachable storage (the reason printed last); 3 another run is translating into the output.
+Exit status (s2s/exitcodes.py): 0 done; 1 some documents' inputs failed to translate (listed
+last); 2 refused before work: a bad setting or unreachable storage (the reason printed last); 3
+another run is preparing or translating into the output; 70 an internal error (a one-line summary
+last).
 """
 
 from __future__ import annotations
@@ -16,10 +19,7 @@ import json
 import logging
 import sys
 
-from s2s import storage
-from s2s.config import ConfigError
-from s2s.lease import LeaseHeld
-from s2s.manifest import ManifestError
+from s2s.exitcodes import INPUTS_FAILED, OK, run_guarded
 from s2s.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
 
@@ -50,15 +50,12 @@ def config_from_args(argv: list[str] | None = None) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        cfg = config_from_args(argv)
-        report = run_pipeline(cfg)
-    except (ConfigError, storage.StorageError, ManifestError) as err:
-        print(f"pipeline: error: {err}", file=sys.stderr)
-        return 2
-    except LeaseHeld as err:
-        print(f"pipeline: busy: {err}", file=sys.stderr)
-        return 3
+    return run_guarded("pipeline", lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    cfg = config_from_args(argv)
+    report = run_pipeline(cfg)
     translated = report["translate"]
     print(json.dumps({k: v for k, v in report.items() if k != "translate"}, indent=2, default=str))
     print(f"prepared     {cfg.prepare.output}")
@@ -68,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{translated['inputs']['already_complete']} inputs already complete")  # fmt: skip
     for failure in translated["inputs"]["failed"]:
         print(f"FAILED {failure['input']}: {failure['error']}")
-    return 1 if translated["inputs"]["failed"] else 0
+    return INPUTS_FAILED if translated["inputs"]["failed_count"] else OK
 
 
 if __name__ == "__main__":

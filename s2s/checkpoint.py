@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from s2s import storage
-from s2s.config import ModelConfig, from_dict
+from s2s.config import ConfigError, ModelConfig, from_dict
 from s2s.models import build_model
 from s2s.tokenizer import Tokenizer
 
@@ -34,7 +35,7 @@ __all__ = [
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
-    "checkpoint_id",
+    "validate_checkpoint",
     "load_optimizer_state",
     "load_weights",
     "restore_training",
@@ -118,10 +119,65 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
     return Checkpoint(model, model_config, tokenizer, state, _model_id(uri, state, weights))
 
 
-def checkpoint_id(uri: str) -> str:
-    """The id that translations carry, without building the model (see Checkpoint.model_id)."""
-    state = json.loads(storage.read_bytes(storage.join(uri, STATE)))
-    return _model_id(uri, state, storage.read_bytes(storage.join(uri, WEIGHTS)))
+def validate_checkpoint(uri: str) -> str:
+    """Check a checkpoint fully before any work is handed out, and return its id: every file
+    present, the config a valid ModelConfig, the weights a whole safetensors file whose tensor
+    names and shapes are those of the model the config builds (built on the meta device: no
+    memory), the tokenizer loadable with the config's vocabulary size.
+
+    Raises:
+        ConfigError: one line naming the checkpoint and what is wrong with it.
+    """
+    files = {name: storage.join(uri, name) for name in (WEIGHTS, CONFIG, TOKENIZER, STATE)}
+    missing = [name for name, path in files.items() if not storage.exists(path)]
+    if missing:
+        raise ConfigError(f"{uri}: not a complete checkpoint: no {', '.join(missing)}")
+    try:
+        config = yaml.safe_load(storage.read_bytes(files[CONFIG]))
+        model_config = from_dict(ModelConfig, config["model"], where="model.")
+        state = json.loads(storage.read_bytes(files[STATE]))
+    except (yaml.YAMLError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{uri}: unreadable {CONFIG} or {STATE}: {err}") from None
+    weights = storage.read_bytes(files[WEIGHTS])
+    shapes = _safetensors_shapes(weights, files[WEIGHTS])
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in build_model(model_config).state_dict().items()}
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected)) or [
+            k for k in expected if shapes[k] != expected[k]
+        ]
+        raise ConfigError(
+            f"{uri}: {WEIGHTS} does not match {CONFIG} ({len(wrong)} tensors differ, e.g. "
+            f"{wrong[0]}: {shapes.get(wrong[0])} in the weights, {expected.get(wrong[0])} "
+            "for the config)"
+        )
+    try:
+        tokenizer = Tokenizer(storage.read_bytes(files[TOKENIZER]), name=files[TOKENIZER])
+    except Exception as err:  # SentencePiece raises RuntimeError/OSError on a bad model
+        raise ConfigError(f"{files[TOKENIZER]}: not a SentencePiece model: {err}") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise ConfigError(
+            f"{uri}: the tokenizer has {tokenizer.vocab_size} pieces, the model "
+            f"{model_config.vocab_size}"
+        )
+    return _model_id(uri, state, weights)
+
+
+def _safetensors_shapes(data: bytes, where: str) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors file's header, checking that the data it
+    describes is all there (a truncated upload fails here, not in a loader far away)."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+        header.pop("__metadata__", None)
+        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, IndexError) as err:
+        raise ConfigError(f"{where}: not a safetensors file ({err})") from None
+    if len(data) < 8 + size + end:
+        raise ConfigError(
+            f"{where}: truncated: {len(data):,} bytes, the header describes {8 + size + end:,}"
+        )
+    return {name: list(t["shape"]) for name, t in header.items()}
 
 
 def _model_id(uri: str, state: dict, weights: bytes) -> str:

@@ -1,9 +1,9 @@
 """The ``s2s`` command: one subcommand per stage, each a thin door to one library function.
 
 Settings come from the config dataclasses: defaults < ``--config FILE`` < flags < ``key=value``.
-Every field of a stage's config is also a flag (``vocab_size`` -> ``--vocab-size``). A user error
-(bad setting, missing input, unreachable bucket) prints one line naming it and exits with 2; a
-translate run that finds another one writing to its output exits with 3 (nothing done).
+Every field of a stage's config is also a flag (``vocab_size`` -> ``--vocab-size``). Exit codes
+(:mod:`s2s.exitcodes`): 0 done, 1 some inputs failed (listed last), 2 refused before work (one line
+naming the setting or file), 3 busy (another run writes the output), 70 internal error.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from s2s.config import (
     load_config,
     train_config,
 )
-from s2s.lease import LeaseHeld
-from s2s.manifest import ManifestError
+from s2s.exitcodes import INPUTS_FAILED, OK, run_guarded
 
 __all__ = ["main"]
 
@@ -81,22 +80,37 @@ def _config_from_args(cls: type, args: argparse.Namespace):
 
 
 def _cmd_gettext(args: argparse.Namespace) -> None:
-    from s2s.gettext import build_corpus
+    """Write the en->LANG pairs of the named catalog sources as a TSV corpus.
 
-    pairs, stats = build_corpus(args.lang, args.locale_dir, args.max_chars)
+    Raises:
+        ConfigError: if the sources hold no LANG catalog with a usable translation.
+    """
+    from s2s.gettext import SYSTEM_LOCALE_DIR, build_corpus, package_locale_dirs
+
+    # No source named: the system's catalogs, as before --packages existed.
+    named = args.locale_dir or ([] if args.packages else [SYSTEM_LOCALE_DIR])
+    packages = package_locale_dirs(args.lang) if args.packages else []
+    pairs, stats = build_corpus(args.lang, [*named, *packages], args.max_chars)
     if not pairs:
-        raise ConfigError(f"no {args.lang!r} catalogs with translations under {args.locale_dir}")
+        where = [*map(str, named), *(["installed Python packages"] if args.packages else [])]
+        raise ConfigError(f"no {args.lang!r} catalogs with translations under {' or '.join(where)}")
     body = "".join(f"{src}\t{tgt}\n" for src, tgt in pairs).encode()
     storage.write_bytes(args.output, body)
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items()))
     print(f"{args.output}: {stats.pairs} pairs from {stats.catalogs} catalogs ({dropped} dropped)")
 
 
-def _cmd_prepare(args: argparse.Namespace) -> None:
+def _cmd_prepare(args: argparse.Namespace) -> int:
     from s2s.prepare import prepare_corpus
 
     result = prepare_corpus(_config_from_args(PrepareConfig, args))
     print(format_prepare_summary(result.manifest, result.output))
+    # An input that broke off (a corrupt archive, a lost connection) failed: its records after
+    # the break are not in the corpus. The rest is, and the manifest says where each line went.
+    broken = result.manifest["counts"]["dropped"].get("read_error", 0)
+    for where in result.manifest["dropped_samples"].get("read_error", []):
+        print(f"FAILED {where}: reading stopped here")
+    return INPUTS_FAILED if broken else OK
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -141,7 +155,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
     result = translate(_config_from_args(TranslateConfig, args))
     print(format_translate_summary(result.summary))
-    return 1 if result.summary["inputs"]["failed"] else 0
+    return INPUTS_FAILED if result.summary["inputs"]["failed_count"] else OK
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -210,7 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     gettext = corpus.add_parser("gettext", help="en->LANG pairs from this machine's .mo catalogs")
     gettext.add_argument("--lang", required=True, help="target language, e.g. de, fr, pt_BR")
     gettext.add_argument("--output", required=True, help="TSV file to write (local or s3://)")
-    gettext.add_argument("--locale-dir", default="/usr/share/locale")
+    gettext.add_argument(
+        "--locale-dir",
+        action="append",
+        help="a directory of LANG/LC_MESSAGES/*.mo; repeatable (default: /usr/share/locale, "
+        "unless --packages alone)",
+    )
+    gettext.add_argument(
+        "--packages",
+        action="store_true",
+        help="also read the catalogs installed Python packages ship (site-packages' "
+        "**/LANG/LC_MESSAGES/*.mo: Django, pycountry, ...), after any --locale-dir",
+    )
     gettext.add_argument("--max-chars", type=int, default=500)
     gettext.set_defaults(func=_cmd_gettext)
 
@@ -256,16 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: see :mod:`s2s.exitcodes` (0 done, 1 inputs failed, 2 refused, 3 busy,
+    70 internal error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        return args.func(args) or 0
-    except (ConfigError, storage.StorageError, ManifestError) as err:
-        print(f"s2s: error: {err}", file=sys.stderr)
-        return 2
-    except LeaseHeld as err:  # a scheduler retries later; nothing was written
-        print(f"s2s: busy: {err}", file=sys.stderr)
-        return 3
+    return run_guarded("s2s", lambda: args.func(args))
 
 
 if __name__ == "__main__":

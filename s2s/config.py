@@ -2,13 +2,17 @@
 
 The dataclasses hold the defaults; a YAML file states only what differs; ``key=value`` arguments
 override both. An unknown key, a value of the wrong type or a value outside a fixed set of choices
-raises :class:`ConfigError` naming the key (and the closest valid key or the valid choices).
+raises :class:`ConfigError` naming the key (and the closest valid key or the valid choices). Each
+``validate()`` then checks every numeric setting against its bounds (one table, ``_BOUNDS``) and the
+settings against each other, before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import re
 import types
 import typing
@@ -20,6 +24,8 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "Bounds",
+    "numeric_bounds",
     "PrepareConfig",
     "ModelConfig",
     "TrainConfig",
@@ -95,7 +101,7 @@ class PrepareConfig:
     read_block_rows: int = 32768  # rows per block produced by the readers
 
     def validate(self) -> None:
-        """Check cross-field consistency.
+        """Check every setting's bounds and the settings against each other.
 
         Raises:
             ConfigError: naming the offending setting and what to change.
@@ -109,18 +115,12 @@ class PrepareConfig:
                 f"src_files ({len(self.src_files)}) and tgt_files ({len(self.tgt_files)}) "
                 "must pair up one to one"
             )
-        _at_least(
-            self, 1, "max_len", "ratio_min_tokens", "max_line_bytes", "shard_rows", "max_ratio"
-        )
-        if self.tokenizer is None and self.vocab_size < 300:
+        _check_bounds(self)
+        valid, test = self.valid_size, self.test_size
+        if valid < 1 and test < 1 and valid + test >= 1:
             raise ConfigError(
-                f"vocab_size={self.vocab_size} is too small: 260 ids are reserved for "
-                "specials and byte fallback; use >= 300"
-            )
-        _at_least(self, 0, "valid_size", "test_size")
-        if not 0 < self.character_coverage <= 1:
-            raise ConfigError(
-                f"character_coverage must be in (0, 1], got {self.character_coverage}"
+                f"valid_size + test_size = {valid + test:g} as fractions "
+                "leave no training data; lower them"
             )
 
 
@@ -153,10 +153,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raises ConfigError naming what to change."""
-        _at_least(self, 0, "vocab_size", prefix="model.")
-        _at_least(
-            self, 1, "d_model", "enc_layers", "dec_layers", "heads", "ffn_dim", prefix="model."
-        )
+        _check_bounds(self, prefix="model.")
         if self.family == "transformer" and self.d_model % self.heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; "
@@ -166,8 +163,6 @@ class ModelConfig:
             raise ConfigError(
                 f"model.hidden_dim={self.hidden_dim} must be even (two encoder directions)"
             )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 # Presets are diffs over ModelConfig's defaults.
@@ -271,6 +266,7 @@ class TrainConfig:
             raise ConfigError("train needs --data URI (a prepared corpus)")
         if not self.output:
             raise ConfigError("train needs --output URI (the run directory)")
+        _check_bounds(self)
         if not (self.max_steps or self.max_epochs or self.max_time_min):
             raise ConfigError("set max_steps, max_epochs or max_time_min, or training never ends")
         if self.schedule != "inverse_sqrt" and not (self.max_steps or self.max_time_min):
@@ -279,12 +275,6 @@ class TrainConfig:
                 "or max_time_min so the end is known"
             )
         self.worker_range()
-        _at_least(self, 1, "max_tokens", "update_freq", "log_every", "eval_every")
-        _at_least(self, 1, "checkpoint_every", "keep_last")
-        _at_least(self, 0, "torch_threads", "wait_for_workers_s", "resize_interval_s")
-        _at_least(self, -1, "max_failures")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.model.validate()
 
     def worker_range(self) -> tuple[int, int]:
@@ -332,8 +322,7 @@ class DecodeConfig:
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("needs --model URI (a checkpoint directory)")
-        _at_least(self, 1, "beam", "max_tokens", "max_sentences", "max_input_tokens")
-        _at_least(self, 0, "max_len_a", "max_len_b", "length_penalty", "torch_threads")
+        _check_bounds(self)  # a TranslateConfig's or EvaluateConfig's own settings too
 
 
 @dataclass
@@ -368,9 +357,6 @@ class TranslateConfig(DecodeConfig):
         if not self.output:
             raise ConfigError("translate needs --output URI (where translations go)")
         self.actor_pool()
-        _at_least(self, 1, "max_document_chars")
-        if self.piece_mb <= 0 or self.cpus_per_actor <= 0 or self.gpus_per_actor <= 0:
-            raise ConfigError("piece_mb, cpus_per_actor and gpus_per_actor must be > 0")
 
     def actor_pool(self) -> tuple[int, int]:
         """(min, max) translator actors from ``concurrency``."""
@@ -390,7 +376,6 @@ class EvaluateConfig(DecodeConfig):
         super().validate()
         if not self.data:
             raise ConfigError("evaluate needs --data URI (a prepared corpus or a TSV file)")
-        _at_least(self, 0, "limit")
 
 
 def _size_range(value: Any, key: str, form: str) -> tuple[int, int]:
@@ -406,10 +391,156 @@ def _size_range(value: Any, key: str, form: str) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _at_least(cfg: Any, minimum: float, *keys: str, prefix: str = "") -> None:
-    for key in keys:
-        if getattr(cfg, key) < minimum:
-            raise ConfigError(f"{prefix}{key} must be >= {minimum}, got {getattr(cfg, key)}")
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: a finite number from ``low`` to ``high``, each end
+    included unless ``open_low``/``open_high``. ``why`` is told to whoever sets a value outside."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``, ..."""
+        if self.high == math.inf:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        left = "(" if self.open_low else "["
+        right = ")" if self.open_high else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+# Sizes, budgets and periods: at 0 a loop never advances (a batch, a shard, a block of 0 rows) or
+# a step count divides by zero.
+_COUNT = Bounds(1)
+_NON_NEGATIVE = Bounds(0)  # where 0 means "none" or "no limit" (the field's comment says which)
+# CPUs per worker or actor (at 0 Ray would place any number of them on one node), the lr.
+_POSITIVE = Bounds(0, open_low=True)
+_RATE = Bounds(0, 1, open_high=True)  # dropout, label smoothing: at 1 nothing of the signal is left
+
+# Every int and float field of every config class, with the values it may take; validate() checks
+# them first, so no value can spin a loop forever, divide by zero or wait without end, and a test
+# fails for a numeric field that is not listed here.
+_BOUNDS: dict[type, dict[str, Bounds]] = {
+    PrepareConfig: {
+        "max_len": _COUNT,
+        "max_ratio": Bounds(1, why="the ratio is longer side over shorter side, never below 1"),
+        "ratio_min_tokens": _COUNT,
+        # A line is held whole until its end is found: the bound keeps a file without line ends
+        # from filling memory, and no sentence pair is longer than a 16 MiB block.
+        "max_line_bytes": Bounds(1, 2**24),
+        "vocab_size": Bounds(300, why="260 ids are reserved for specials and byte fallback"),
+        "character_coverage": Bounds(0, 1, open_low=True),
+        "tokenizer_sample": _COUNT,
+        "valid_size": _NON_NEGATIVE,
+        "test_size": _NON_NEGATIVE,
+        "shard_rows": _COUNT,
+        "read_block_rows": _COUNT,
+    },
+    ModelConfig: {
+        "vocab_size": _NON_NEGATIVE,
+        "d_model": _COUNT,
+        "enc_layers": _COUNT,
+        "dec_layers": _COUNT,
+        "heads": _COUNT,
+        "ffn_dim": _COUNT,
+        # A source token and eos, bos and one output token must fit: translation cuts sources to
+        # max_positions - 2 tokens.
+        "max_positions": Bounds(3),
+        "hidden_dim": Bounds(2),
+        "dropout": _RATE,
+        "attention_dropout": _RATE,
+    },
+    TrainConfig: {
+        "cpus_per_worker": _POSITIVE,
+        "torch_threads": _NON_NEGATIVE,
+        # An autoscaler adds a node in minutes; a day bounds the wait of a cluster that never grows.
+        "wait_for_workers_s": Bounds(0, 86_400),
+        "resize_interval_s": Bounds(1, why="at 0 Ray Train would poll the cluster without pause"),
+        "max_steps": _NON_NEGATIVE,
+        "max_epochs": _NON_NEGATIVE,
+        "max_time_min": _NON_NEGATIVE,
+        "max_tokens": _COUNT,
+        "shuffle_buffer": _COUNT,
+        "update_freq": _COUNT,
+        "lr": _POSITIVE,
+        "warmup": _NON_NEGATIVE,
+        "weight_decay": _NON_NEGATIVE,
+        "clip_norm": _NON_NEGATIVE,  # 0: no clipping
+        "label_smoothing": _RATE,
+        # NumPy's generators take seeds >= 0; torch's must stay within 64 bits once the step and
+        # rank are mixed in (see train.py).
+        "seed": Bounds(0, 2**32 - 1),
+        "log_every": _COUNT,
+        "eval_every": _COUNT,
+        "eval_sentences": _COUNT,
+        "checkpoint_every": _COUNT,
+        "keep_last": _COUNT,
+        "patience": _NON_NEGATIVE,
+        "max_failures": Bounds(-1, why="-1 means no limit"),
+    },
+    DecodeConfig: {
+        "beam": _COUNT,
+        "length_penalty": _NON_NEGATIVE,
+        # The output length limit is what stops a decoder that never emits eos: no translation
+        # is 10x its source, or more than 1000 tokens past it.
+        "max_len_a": Bounds(0, 10),
+        "max_len_b": Bounds(0, 1000),
+        "max_tokens": _COUNT,
+        "max_sentences": _COUNT,
+        "max_input_tokens": _COUNT,
+        "torch_threads": _NON_NEGATIVE,
+    },
+    TranslateConfig: {
+        "cpus_per_actor": _POSITIVE,
+        # A translator computes on one device: more than one GPU per actor would sit idle.
+        "gpus_per_actor": Bounds(0, 1, open_low=True),
+        # ~100 bytes: smaller pieces are smaller than a line and only add work items (and below
+        # one byte the cutting would never advance).
+        "piece_mb": Bounds(1e-4),
+        "max_document_chars": _COUNT,
+        # The holder renews the lease every ttl/3 (s2s/lease.py), so two renewals' latency must fit
+        # in the other 2/3: 4 s at the minimum. A dead run's lease blocks the output until it
+        # expires: at most an hour.
+        "lease_ttl_s": Bounds(6, 3600, why="the lease is renewed every ttl/3"),
+    },
+    EvaluateConfig: {"limit": _NON_NEGATIVE},  # 0: all pairs
+}
+
+
+def numeric_bounds(cls: type) -> dict[str, Bounds]:
+    """The bounds of every numeric setting of config class ``cls``, its base classes' included."""
+    merged: dict[str, Bounds] = {}
+    for base in reversed(cls.__mro__):
+        merged.update(_BOUNDS.get(base, {}))
+    return merged
+
+
+def _check_bounds(cfg: Any, prefix: str = "") -> None:
+    """Refuse a numeric setting that is out of its bounds, NaN, infinite or not a number.
+
+    Raises:
+        ConfigError: naming the setting, its value and the allowed range.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for key, bounds in numeric_bounds(type(cfg)).items():
+        value = getattr(cfg, key)
+        integer = hints[key] is int
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) or not bounds.admits(value):
+            why = f" ({bounds.why})" if bounds.why else ""
+            raise ConfigError(
+                f"{prefix}{key} must be {'an integer' if integer else 'a number'} "
+                f"{bounds.describe()}, got {value!r}{why}"
+            )
 
 
 C = TypeVar("C")

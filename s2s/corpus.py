@@ -177,16 +177,39 @@ class _Columns:
         tgt, self.tgt = self.tgt[:rows], self.tgt[rows:]
         reason, self.reason = self.reason[:rows], self.reason[rows:]
         first, self.lines = self.lines + 1, self.lines + len(src)
+        try:
+            src_array, tgt_array = pa.array(src, pa.string()), pa.array(tgt, pa.string())
+        except UnicodeEncodeError:  # a JSON "\ud800" escape: a str that is not Unicode text
+            src, tgt, reason = _drop_unencodable(src, tgt, reason)
+            src_array, tgt_array = pa.array(src, pa.string()), pa.array(tgt, pa.string())
         return pa.Table.from_arrays(
             [
-                pa.array(src, pa.string()),
-                pa.array(tgt, pa.string()),
+                src_array,
+                tgt_array,
                 pa.array(np.full(len(src), input_id, np.int32)),
                 pa.array(np.arange(first, first + len(src), dtype=np.int64)),
                 pa.array(reason, pa.string()),
             ],
             schema=RECORD_SCHEMA,
         )
+
+
+def _drop_unencodable(src: list, tgt: list, reason: list) -> Parsed:
+    """Records with a lone surrogate (valid JSON, not UTF-8) become ``invalid_unicode``."""
+    src, tgt, reason = list(src), list(tgt), list(reason)
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        if not (_encodable(s) and _encodable(t)):
+            src[i], tgt[i], reason[i] = None, None, "invalid_unicode"
+    return src, tgt, reason
+
+
+def _encodable(text: str | None) -> bool:
+    try:
+        if text is not None:
+            text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 _TOO_LONG = None  # marks an over-long line in a batch of lines
@@ -268,7 +291,7 @@ def _json_parser(src_key: str, tgt_key: str):
             return None, None, "line_too_long" if line is _TOO_LONG else "invalid_utf8"
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             return None, None, "invalid_json"
         if not isinstance(obj, dict):
             return None, None, "invalid_json"
@@ -316,7 +339,9 @@ def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int
     with fs.open_input_file(path) as f:
         for batch in pq.ParquetFile(f).iter_batches(block_rows, columns=[src_column, tgt_column]):
             src, tgt, reason = [], [], []
-            for s, t in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            # As bytes, decoded value by value: a string column may still hold invalid UTF-8,
+            # which would fail the whole batch's conversion.
+            for s, t in zip(_as_bytes(batch.column(0)), _as_bytes(batch.column(1))):
                 try:
                     s, t = _as_text(s), _as_text(t)
                     r = "null_value" if s is None or t is None else None
@@ -326,6 +351,11 @@ def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int
                 tgt.append(None if r else t)
                 reason.append(r)
             yield src, tgt, reason
+
+
+def _as_bytes(column: pa.Array) -> list[bytes | None]:
+    large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+    return column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
 
 
 def _as_text(value: str | bytes | None) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -71,9 +72,10 @@ class Piece:
 
 @dataclass
 class Documents:
-    """The documents of one piece, in input order; ``error`` is set where a row is unreadable."""
+    """The documents of one piece, in input order; ``error`` is set where a row is unreadable.
+    Ids keep their type (a string or an integer; see :func:`_document_id`)."""
 
-    ids: list[str | None]
+    ids: list[str | int | None]
     texts: list[object]
     errors: list[str | None]
     warnings: list[str | None]
@@ -262,19 +264,49 @@ def _read_jsonl(source: InputFile, piece: Piece, id_column: str, text_column: st
             row = json.loads(line)
         except json.JSONDecodeError as err:
             error = f"{where}:{number}: invalid JSON ({err.msg} at column {err.colno})"
+        except RecursionError:
+            error = f"{where}:{number}: invalid JSON (nested deeper than this reader goes)"
         else:
             if not isinstance(row, dict):
                 error = f"{where}:{number}: a JSON {type(row).__name__}, not an object"
             else:
-                doc_id = row.get(id_column)
+                doc_id, id_error = _document_id(row.get(id_column), id_column)
                 text = row.get(text_column)
                 if text_column not in row:
                     error = f"{where}:{number}: no {text_column!r} field"
-        docs.ids.append(None if doc_id is None else str(doc_id))
+                error = f"{where}:{number}: {id_error}" if id_error else error
+        text, scrubbed = _scrub(text)
+        warnings = [w for w in (warning, scrubbed) if w]
+        docs.ids.append(doc_id)
         docs.texts.append(text)
         docs.errors.append(error)
-        docs.warnings.append(warning)
+        docs.warnings.append("; ".join(warnings) or None)
     return docs
+
+
+def _document_id(value: object, id_column: str) -> tuple[str | int | None, str | None]:
+    """(id, why it is refused): a string or an integer keeps its JSON type in the output (an
+    integer id stays a number); anything else would change meaning as a string, so its row gets
+    an error instead. A string that is not Unicode text is scrubbed (see :func:`_scrub`)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value, None
+    if isinstance(value, str):
+        return _scrub(value)[0], None
+    kind = {bool: "boolean", float: "number with a fraction", dict: "object", list: "list"}
+    return None, f"{id_column!r} is a {kind.get(type(value), type(value).__name__)}; ids must " \
+        "be strings or integers"  # fmt: skip
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(text: object) -> tuple[object, str | None]:
+    """A string with lone surrogates (valid JSON escapes such as "\\ud800", but not Unicode text:
+    no UTF-8 encoding exists) gets U+FFFD in their place, with a warning, as invalid UTF-8 does."""
+    if not isinstance(text, str) or not _SURROGATE.search(text):
+        return text, None
+    count = len(_SURROGATE.findall(text))
+    return _SURROGATE.sub("\ufffd", text), f"{count} unpaired surrogates replaced by U+FFFD"
 
 
 def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
@@ -285,23 +317,43 @@ def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: 
         groups, columns=[c for c in (id_column, text_column) if c in names]
     )
     rows = table.num_rows
-    ids = table.column(id_column).to_pylist() if id_column in names else [None] * rows
-    if text_column in names:
-        texts, errors, warnings = [], [None] * rows, [None] * rows
-        for i, value in enumerate(table.column(text_column).to_pylist()):
-            if isinstance(value, bytes):
-                value, warnings[i] = _decode(value)
-            texts.append(value)
-    else:
-        texts = [None] * rows
+    ids = _parquet_ids(table.column(id_column)) if id_column in names else [None] * rows
+    texts, errors, warnings = [None] * rows, [None] * rows, [None] * rows
+    if text_column not in names:
         errors = [f"{source.name}: no column {text_column!r} (has: {', '.join(names)})"] * rows
-    return Documents([None if i is None else str(i) for i in ids], texts, errors, warnings)
+        return Documents(ids, texts, errors, warnings)
+    column = table.column(text_column)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        # As bytes: a string column may still hold invalid UTF-8, which would fail the whole
+        # column's conversion; decoded value by value instead, with a warning.
+        large = pa.types.is_large_string(column.type)
+        column = column.cast(pa.large_binary() if large else pa.binary())
+    for i, value in enumerate(column.to_pylist()):
+        if isinstance(value, bytes):
+            value, warnings[i] = _decode(value)
+        texts[i] = value
+    return Documents(ids, texts, errors, warnings)
+
+
+def _parquet_ids(column: pa.ChunkedArray) -> list[str | int | None]:
+    """Integer ids stay integers; every other type is written as a string."""
+    if pa.types.is_integer(column.type):
+        return column.to_pylist()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        large = pa.types.is_large_string(column.type)
+        values = column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
+        return [None if v is None else _decode(v)[0] for v in values]
+    return [None if v is None else str(v) for v in column.to_pylist()]
 
 
 def result_table(id_column: str, columns: dict[str, list], keep_source: bool) -> pa.Table:
-    """The output schema: ids and texts as strings, n_segments int32."""
+    """The output schema: texts as strings, n_segments int32, ids as integers when every id is
+    one (or null), else as strings (see :func:`id_type`)."""
+    ids_as = id_type(columns[id_column])
+    if ids_as == pa.string():  # a piece mixing integer and string ids: all strings
+        columns = {**columns, id_column: [i if i is None else str(i) for i in columns[id_column]]}
     fields = [
-        (id_column, pa.string()),
+        (id_column, ids_as),
         ("translation", pa.string()),
         ("n_segments", pa.int32()),
         ("error", pa.string()),
@@ -309,6 +361,37 @@ def result_table(id_column: str, columns: dict[str, list], keep_source: bool) ->
         ("model", pa.string()),
     ] + ([("source", pa.string())] if keep_source else [])
     return pa.table({name: pa.array(columns[name], type) for name, type in fields})
+
+
+def id_type(ids: list) -> pa.DataType:
+    return pa.int64() if all(i is None or isinstance(i, int) for i in ids) else pa.string()
+
+
+def _join_pieces(tables: list[pa.Table]) -> pa.Table:
+    """The pieces of one input, in order. Pieces whose ids were all integers next to pieces with
+    string ids: every id becomes a string (a column has one type)."""
+    if len({t.schema for t in tables}) > 1:
+        tables = [t.set_column(0, t.field(0).name, t.column(0).cast(pa.string())) for t in tables]
+    return pa.concat_tables(tables)
+
+
+def flag_duplicate_ids(table: pa.Table) -> pa.Table:
+    """Add a warning to every row whose id an earlier row of the same output already has."""
+    seen: dict[object, int] = {}
+    warnings = table.column("warning").to_pylist()
+    flagged = False
+    for row, doc_id in enumerate(table.column(0).to_pylist()):
+        if doc_id is None:
+            continue
+        first = seen.setdefault(doc_id, row)
+        if first != row:
+            note = f"duplicate id: row {first + 1} has the same id"
+            warnings[row] = f"{warnings[row]}; {note}" if warnings[row] else note
+            flagged = True
+    if not flagged:
+        return table
+    index = table.schema.get_field_index("warning")
+    return table.set_column(index, "warning", pa.array(warnings, pa.string()))
 
 
 def write_output(table: pa.Table, uri: str, out_format: str) -> None:
@@ -379,7 +462,7 @@ def finish_input(source: InputFile, pieces: list[Piece], out_format: str) -> int
             translates it again), or a file cannot be read or written.
     """
     try:
-        table = pa.concat_tables([_read_work(p.work) for p in pieces])
+        table = flag_duplicate_ids(_join_pieces([_read_work(p.work) for p in pieces]))
     except FileNotFoundError:
         table = None
     expected = count_documents(source)

@@ -12,23 +12,27 @@ import json
 import os
 import time
 
+import pyarrow.compute as pc
 import sacrebleu
 import torch
 
 from s2s import storage
 from s2s.config import ConfigError, EvaluateConfig
+from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.shards import read_shard
-from s2s.translator import Translator
+from s2s.translator import Translator, model_id
 
 __all__ = ["evaluate", "load_pairs", "score"]
 
 
 def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
-    """(sources, references) from a prepared corpus' split or a TSV file (source<TAB>target).
+    """(sources, references) from a prepared corpus' split or a file of pairs in any format
+    ``s2s prepare`` reads (TSV, JSONL, Parquet; by extension, ``.txt`` as TSV).
 
     Raises:
-        ConfigError: for a TSV line without a tab, or a corpus without that split.
+        ConfigError: for a line that prepare would drop (``file:line`` and its reason), or a
+            corpus without that split.
     """
     sources, references = [], []
     if storage.exists(storage.join(data, MANIFEST_NAME)):
@@ -40,14 +44,20 @@ def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[s
             sources += table["src"].to_pylist()
             references += table["tgt"].to_pylist()
     else:
-        with storage.open_input(data) as stream:
-            lines = stream.read().decode("utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            source, tab, reference = line.partition("\t")
-            if not tab:
-                raise ConfigError(f"{data}:{number}: no tab between source and reference")
-            sources.append(source)
-            references.append(reference)
+        # Read as prepare reads (s2s.corpus): the same line splitting, formats and reasons.
+        fmt = detect_format(data) if not data.endswith(".txt") else "tsv"
+        if fmt == "parquet":
+            check_parquet_columns(data, "src", "tgt")
+        for table in read_unit(ReadUnit(0, (data,), fmt)):
+            bad = table.filter(pc.invert(pc.is_null(table["reason"])))
+            if len(bad):
+                # A test set is scored whole or not at all: dropping lines would change it.
+                raise ConfigError(
+                    f"{data}:{bad['line'][0].as_py()}: {bad['reason'][0].as_py()} "
+                    f"({len(bad)} such lines in this block; see the reasons of s2s prepare)"
+                )
+            sources += table["src"].to_pylist()
+            references += table["tgt"].to_pylist()
     if limit:
         sources, references = sources[:limit], references[:limit]
     return sources, references
@@ -68,6 +78,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
     sources, references = load_pairs(cfg.data, cfg.split, cfg.limit)
+    model_id(cfg)  # the model directory checked whole: one line, not a loader's traceback
     translator = Translator(cfg)
     started = time.time()
     results = translator.translate_documents(sources)

@@ -27,6 +27,7 @@ __all__ = [
     "dedup_groups",
     "mark_duplicates",
     "tokenize_records",
+    "drop_records",
 ]
 
 SPLITS = ("train", "valid", "test")  # the `split` column holds the index into this tuple
@@ -284,3 +285,16 @@ def mark_duplicates(records: pa.Table) -> pa.Table:
     is_duplicate[idx[order[later]]] = True
     reason = pc.if_else(pa.array(is_duplicate), "duplicate", records["reason"])
     return records.set_column(records.schema.get_field_index("reason"), "reason", reason)
+
+
+def drop_records(records: pa.Table, reason: str) -> pa.Table:
+    """``records`` with both sides null and ``reason`` set: what a record that a per-batch
+    function fails on becomes (see :mod:`s2s.poison`); the functions here pass such rows through.
+    """
+    n = len(records)
+    for name in ("src", "tgt"):
+        records = records.set_column(
+            records.schema.get_field_index(name), name, pa.nulls(n, pa.string())
+        )
+    index = records.schema.get_field_index("reason")
+    return records.set_column(index, "reason", pa.array([reason] * n, pa.string()))

@@ -3,18 +3,32 @@
 Every ``.mo`` catalog pairs an English UI or message string (msgid) with the translation a human
 wrote for it (msgstr). :func:`read_mo` parses the binary format (GNU gettext manual, "The Format
 of GNU MO Files") in pure Python; :func:`build_corpus` cleans the pairs into a TSV corpus.
+
+Catalogs come from locale directories: the system's (``/usr/share/locale``, filled by the OS
+packages) and, through :func:`package_locale_dirs`, those that installed Python packages ship
+(Django, pycountry, ...), so a machine without system catalogs still has real text.
 """
 
 from __future__ import annotations
 
 import re
+import site
 import struct
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["read_mo", "build_corpus", "CorpusStats", "strip_accelerators"]
+__all__ = [
+    "SYSTEM_LOCALE_DIR",
+    "CorpusStats",
+    "build_corpus",
+    "package_locale_dirs",
+    "read_mo",
+    "strip_accelerators",
+]
+
+SYSTEM_LOCALE_DIR = "/usr/share/locale"
 
 _MAGIC_LE = 0x950412DE
 _MAGIC_BE = 0xDE120495
@@ -107,33 +121,73 @@ def _clean(text: str, in_words: bool = False) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def _catalogs(locale_dir: Path, lang: str) -> list[Path]:
+def _is_lang_dir(name: str, lang: str) -> bool:
     # "de" also reads "de_DE", "de_AT"...: the same language, and mostly different packages.
+    return name == lang or name.startswith(f"{lang}_")
+
+
+def _catalogs(locale_dir: Path, lang: str) -> list[Path]:
     dirs = [locale_dir / lang] + sorted(locale_dir.glob(f"{lang}_*"))
     return [mo for d in dirs for mo in sorted((d / "LC_MESSAGES").glob("*.mo"))]
 
 
+def _site_packages() -> list[Path]:
+    """The directories Python installs packages into: the venv's, else the system's and user's."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [Path(d) for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def package_locale_dirs(lang: str, roots: Iterable[str | Path] | None = None) -> list[Path]:
+    """The locale directories of installed Python packages that hold ``LANG`` catalogs.
+
+    A package ships ``<pkg>/.../<locale dir>/<LANG>/LC_MESSAGES/*.mo`` (Django's
+    ``django/conf/locale``, pycountry's ``pycountry/locales``); each such ``<locale dir>`` is
+    returned once, in sorted order, ready for :func:`build_corpus`.
+
+    Args:
+        lang: locale directory name of the target language; ``LANG_*`` directories count too.
+        roots: directories to search; default: this interpreter's site-packages.
+    """
+    found: set[Path] = set()
+    for root in _site_packages() if roots is None else [Path(r) for r in roots]:
+        # One walk for every LC_MESSAGES, then filter: globbing per language name would walk
+        # site-packages (gigabytes with torch and ray) once per pattern.
+        for messages in Path(root).glob("**/LC_MESSAGES"):
+            if _is_lang_dir(messages.parent.name, lang) and any(messages.glob("*.mo")):
+                found.add(messages.parent.parent)
+    return sorted(found)
+
+
 def build_corpus(
-    lang: str, locale_dir: str | Path = "/usr/share/locale", max_chars: int = 500
+    lang: str,
+    locale_dirs: str | Path | Sequence[str | Path] = SYSTEM_LOCALE_DIR,
+    max_chars: int = 500,
 ) -> tuple[list[tuple[str, str]], CorpusStats]:
-    """Collect clean (english, translation) pairs from every ``LANG`` catalog under locale_dir.
+    """Collect clean (english, translation) pairs from every ``LANG`` catalog under locale_dirs.
 
     Drops the header, translator credits, untranslated and identical pairs, pairs without a
-    letter in English, over-long pairs and repeated English strings (first catalog in sorted
-    order wins, so a string gets one translation and the output is deterministic).
+    letter in English, over-long pairs and repeated English strings (the first catalog wins:
+    locale directories in the order given, catalogs in sorted order within one, so a string
+    gets one translation and the output is deterministic).
 
     Args:
         lang: locale directory name of the target language (``de``, ``fr``, ``pt_BR``).
-        locale_dir: the directory holding ``LANG/LC_MESSAGES/*.mo``.
+        locale_dirs: one directory holding ``LANG/LC_MESSAGES/*.mo``, or several (the system's,
+            :func:`package_locale_dirs`), read as one source.
         max_chars: longest English or translated side kept, in characters.
 
     Returns:
         (pairs, stats).
     """
+    if isinstance(locale_dirs, (str, Path)):
+        locale_dirs = [locale_dirs]
     stats = CorpusStats()
     seen: set[str] = set()
     pairs: list[tuple[str, str]] = []
-    for path in _catalogs(Path(locale_dir), lang):
+    catalogs = [mo for d in locale_dirs for mo in _catalogs(Path(d), lang)]
+    for path in catalogs:
         try:
             entries = list(read_mo(path.read_bytes()))
         except (OSError, ValueError, struct.error):

@@ -3,13 +3,24 @@
 :class:`PrepareStats` accumulates, batch by batch, where every input record went: kept in a
 split, or dropped for a reason (with a few ``file:line`` samples per reason), plus token-length
 histograms and the shards written. Partial stats merge, so each Ray task reports its own and the
-driver adds them up. The manifest is written last: its presence marks a complete corpus.
+driver adds them up.
+
+A corpus is complete or visibly not. The manifest is its completion mark: a prepare writes a
+marker (``_prepare_started.json``) and removes the old manifest before it touches any shard
+(:func:`begin_prepare`), and writes the manifest last, atomically (:func:`finish_prepare`).
+:func:`corpus_state` tells a complete corpus from what a failed or killed prepare left, which the
+next prepare replaces without ``--overwrite``, and from a directory of unrelated files, which it
+refuses. One prepare at a time writes an output (:func:`prepare_lease`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +28,37 @@ import pyarrow.compute as pc
 
 from s2s import storage
 from s2s.filters import SPLITS
+from s2s.lease import LEASE_NAME, Lease, LeaseHeld
 from s2s.tokenizer import SPECIAL_IDS
 
-__all__ = ["FORMAT_VERSION", "PrepareStats", "write_manifest", "read_manifest", "ManifestError"]
+__all__ = [
+    "FORMAT_VERSION",
+    "PrepareStats",
+    "write_manifest",
+    "read_manifest",
+    "ManifestError",
+    "PREPARE_MARKER",
+    "CorpusState",
+    "corpus_state",
+    "begin_prepare",
+    "finish_prepare",
+    "prepare_lease",
+]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SAMPLES_PER_REASON = 5
+# Written before a prepare's first shard, removed after its manifest: an output that holds it and
+# no manifest is a prepare that did not finish. The leading "_" keeps it out of listings of data.
+PREPARE_MARKER = "_prepare_started.json"
+# The files a prepare writes, relative to its output: shards, the tokenizer, the manifest, and what
+# a killed atomic write of one of them leaves behind (storage.write_bytes: "<name>.tmp-<8 hex>").
+_PREPARE_FILE = re.compile(
+    rf"(?:(?:{'|'.join(SPLITS)})/part-[0-9a-f]+\.parquet|tokenizer\.model|manifest\.json)"
+    r"(?:\.tmp-[0-9a-f]{8})?"
+)
+
+CorpusState = Literal["empty", "complete", "incomplete", "foreign"]
 
 
 class ManifestError(ValueError):
@@ -160,3 +195,99 @@ def read_manifest(root: str) -> dict:
     if counts["read"] != accounted:
         raise ManifestError(f"{uri}: read {counts['read']} != kept + dropped {accounted}")
     return manifest
+
+
+def corpus_state(root: str) -> CorpusState:
+    """What a prepare's output ``root`` holds.
+
+    Returns:
+        ``"complete"``: a manifest and every file it lists; ``"incomplete"``: what a prepare that
+        failed or was killed left (its marker, or only files a prepare writes, or a manifest whose
+        files are gone); ``"empty"``: nothing; ``"foreign"``: files no prepare wrote, no marker.
+    """
+    names = set(_files(root))
+    if MANIFEST_NAME in names and _lists_only(root, names):
+        return "complete"
+    started = storage.exists(storage.join(root, PREPARE_MARKER))
+    if not names and not started:
+        return "empty"
+    if started or all(_PREPARE_FILE.fullmatch(name) for name in names):
+        return "incomplete"
+    return "foreign"
+
+
+def _lists_only(root: str, names: set[str]) -> bool:
+    """Whether every file the manifest under ``root`` lists is in ``names`` (False for a manifest
+    that cannot be read)."""
+    try:
+        manifest = json.loads(storage.read_bytes(storage.join(root, MANIFEST_NAME)))
+        listed = [manifest["tokenizer"]["file"]]
+        listed += [shard["path"] for shards in manifest["shards"].values() for shard in shards]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all(path in names for path in listed)
+
+
+def begin_prepare(root: str, about: dict) -> None:
+    """Make ``root`` visibly incomplete, then clear what an earlier prepare left there.
+
+    In this order, so that no moment shows a complete-looking corpus that is not one: the marker
+    (``about``: who started when), then the manifest removed, then the shards and the leftovers of
+    interrupted writes. Nothing a prepare does not write is removed.
+    """
+    storage.write_bytes(storage.join(root, PREPARE_MARKER), json.dumps(about).encode())
+    _delete(storage.join(root, MANIFEST_NAME))
+    for split in SPLITS:
+        storage.remove_tree(storage.join(root, split))
+    for name, uri in _files(root).items():
+        if ".tmp-" in name and _PREPARE_FILE.fullmatch(name):
+            _delete(uri)
+
+
+def finish_prepare(root: str, manifest: dict) -> str:
+    """Write the manifest, atomically and last: from then on the corpus is complete. Then remove
+    the marker (a run killed in between leaves both: the manifest wins). Returns its URI."""
+    uri = write_manifest(root, manifest)
+    _delete(storage.join(root, PREPARE_MARKER))
+    return uri
+
+
+@contextlib.contextmanager
+def prepare_lease(root: str) -> Iterator[Lease]:
+    """Hold the output's single-writer lease (see :mod:`s2s.lease`) for the block: a second
+    prepare on the same output would otherwise clear the first one's shards as incomplete.
+
+    Raises:
+        LeaseHeld: another prepare holds it; nothing was done.
+    """
+    lease = Lease(storage.join(root, LEASE_NAME))
+    try:
+        lease.acquire()
+    except LeaseHeld:
+        raise LeaseHeld(
+            f"another prepare is writing {root}; nothing done (the lease of a run that died "
+            f"expires within {lease.ttl_s:.0f} s)"
+        ) from None
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _files(root: str) -> dict[str, str]:
+    """Path relative to ``root`` -> URI, of every file under it (``_`` and hidden ones left out)."""
+    base = storage.filesystem(root)[1].rstrip("/") + "/"
+    return {
+        ref.uri.removeprefix("s3://").removeprefix(base): ref.uri for ref in storage.expand(root)
+    }
+
+
+def _delete(uri: str) -> None:
+    """Delete one file or object; a missing one is fine."""
+    fs, path = storage.filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise storage.StorageError(f"{uri}: cannot delete: {storage.describe_error(err)}") from None

@@ -1,21 +1,26 @@
 """The whole pipeline as one job: prepare -> train -> evaluate -> translate, under one output root.
 
-    <output>/prepared/                     s2s prepare's corpus (skipped when its manifest exists)
+    <output>/prepared/                     s2s prepare's corpus (skipped when complete: a manifest
+                                           and every file it lists; an incomplete one, left by a
+                                           prepare that failed or was killed, is prepared again)
     <output>/runs/<preset>/                the training run (skipped when _pipeline.json says done;
                                            an interrupted run resumes from its last checkpoint)
     <output>/runs/<preset>/eval/           scores.json, hypotheses.txt (skipped when scored)
     <output>/translations/                 s2s translate's output (incremental by itself)
 
 Every stage's settings are its own config, reachable as ``prepare.*``, ``train.*``,
-``evaluate.*``, ``translate.*`` in a YAML file or as ``key=value``.
+``evaluate.*``, ``translate.*`` in a YAML file or as ``key=value``; all are checked before the
+first stage starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -30,9 +35,9 @@ from s2s.config import (
     from_dict,
     model_preset,
 )
-from s2s.manifest import MANIFEST_NAME
+from s2s.manifest import corpus_state
 
-__all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline", "DONE_MARKER"]
+__all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline", "prepare_stage", "DONE_MARKER"]
 
 log = logging.getLogger(__name__)
 DONE_MARKER = "_pipeline.json"
@@ -68,9 +73,21 @@ class PipelineConfig:
         self.evaluate.output = storage.join(self.train.output, "eval")
         self.translate.input = storage.absolute(self.docs)
         self.translate.output = storage.join(root, "translations")
-        self.prepare.validate()
         if not (self.train.max_steps or self.train.max_epochs or self.train.max_time_min):
             raise ConfigError("set --max-steps, train.max_epochs or train.max_time_min")
+        # Every stage's settings now, not hours later when its turn comes; evaluate and translate
+        # will use the model that training writes.
+        stages = {
+            "prepare": self.prepare,
+            "train": self.train,
+            "evaluate": dataclasses.replace(self.evaluate, model=self.train.output),
+            "translate": dataclasses.replace(self.translate, model=self.train.output),
+        }
+        for name, stage in stages.items():
+            try:
+                stage.validate()
+            except ConfigError as err:
+                raise ConfigError(f"{name}: {err}") from None
 
 
 def load_pipeline_config(path: str | None, settings: dict, overrides: list[str]) -> PipelineConfig:
@@ -91,6 +108,16 @@ def load_pipeline_config(path: str | None, settings: dict, overrides: list[str])
     return apply_overrides(cfg, overrides)
 
 
+def prepare_stage(output: str) -> Literal["skip", "rerun", "run"]:
+    """What the pipeline does about prepare: ``"skip"`` when ``output`` holds a complete corpus
+    (a manifest and every file it lists); ``"rerun"`` when a prepare that failed or was killed
+    left it incomplete (prepare replaces that by itself, without ``overwrite``); else ``"run"`` (an
+    empty output; one holding other files is then refused by prepare unless ``prepare.overwrite``).
+    """
+    state = corpus_state(output)
+    return {"complete": "skip", "incomplete": "rerun"}.get(state, "run")
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run the stages that are not done yet; return what each did and where its output is."""
     from s2s.evaluate import evaluate
@@ -100,11 +127,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     cfg.resolve()
     report = {}
-    if storage.exists(storage.join(cfg.prepare.output, MANIFEST_NAME)):
+    action = prepare_stage(cfg.prepare.output)
+    if action == "skip":
         report["prepare"] = {"skipped": "prepared earlier", "output": cfg.prepare.output}
     else:
         result = prepare_corpus(cfg.prepare)
         report["prepare"] = {"output": result.output, "counts": result.manifest["counts"]}
+        if action == "rerun":
+            report["prepare"]["replaced"] = "the incomplete corpus of a prepare that stopped"
     log.info("prepare: %s", report["prepare"])
 
     marker = storage.join(cfg.train.output, DONE_MARKER)

@@ -37,8 +37,24 @@ from ray.data.datasource import Datasource, ReadTask
 from s2s import __version__, cluster, storage
 from s2s.config import ConfigError, PrepareConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
-from s2s.filters import SplitPlan, clean_records, dedup_groups, mark_duplicates, tokenize_records
-from s2s.manifest import FORMAT_VERSION, MANIFEST_NAME, PrepareStats, write_manifest
+from s2s.filters import (
+    SplitPlan,
+    clean_records,
+    dedup_groups,
+    drop_records,
+    mark_duplicates,
+    tokenize_records,
+)
+from s2s.manifest import (
+    FORMAT_VERSION,
+    CorpusState,
+    PrepareStats,
+    begin_prepare,
+    corpus_state,
+    finish_prepare,
+    prepare_lease,
+)
+from s2s.poison import describe, isolate_rows
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
 from s2s.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
@@ -69,9 +85,15 @@ class PrepareResult:
 def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
     """Run the prepare pipeline on the current Ray cluster (starting a local one if none).
 
+    The output is complete or visibly not: the manifest, the mark of a complete corpus, is
+    removed before the first shard is written and written last. An output that a failed or killed
+    prepare left incomplete is replaced by the next one, without ``overwrite``; with
+    ``overwrite``, a complete corpus stays whole until the main pass starts.
+
     Raises:
         ConfigError, StorageError: before any heavy work, for bad settings, missing inputs or an
             unwritable output; also when no pair survives the filters.
+        LeaseHeld: another prepare is writing the output; nothing was done.
     """
     start = time.perf_counter()
     cfg.validate()
@@ -85,35 +107,45 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
     place = cluster.check_local_paths(
         [u for unit in units for u in unit.uris] + [cfg.output], cfg.shared_fs
     )
-    _check_output(cfg)
+    _check_output(cfg)  # before the lease: an output that is not ours is refused untouched
     proto = storage.read_bytes(cfg.tokenizer) if cfg.tokenizer else None
     if proto is not None:
         Tokenizer(proto, name=cfg.tokenizer)  # fail now on a bad or incompatible model
 
-    sketch = _scan(units, cfg, place) if _needs_scan(cfg, units) else None
-    plan = _split_plan(cfg, sketch)
-    if proto is None:
-        logger.info(
-            "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
-        )
-        proto = ray.get(
-            _train_remote.remote(
-                sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
+    with prepare_lease(cfg.output) as lease:
+        # Again, now that no other prepare can change it: one may have finished it meanwhile.
+        if _check_output(cfg) == "incomplete":
+            logger.warning(
+                "%s holds an incomplete corpus (a prepare that failed or was killed): replacing it",
+                cfg.output,
             )
-        )
-    if cfg.overwrite:
-        for split in ("train", "valid", "test"):
-            storage.remove_tree(storage.join(cfg.output, split))
+        sketch = _scan(units, cfg, place) if _needs_scan(cfg, units) else None
+        plan = _split_plan(cfg, sketch)
+        if proto is None:
+            logger.info(
+                "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
+            )
+            proto = ray.get(
+                _train_remote.remote(
+                    sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
+                )
+            )
+        # Nothing was written so far: a failure up to here leaves the output as it was.
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        begin_prepare(cfg.output, {"by": lease.owner, "s2s": __version__, "started": started})
 
-    stats = _main_pass(units, cfg, plan, proto, _dedup_group_count(files, sketch), place)
-    if stats.read == 0:
-        raise ConfigError(f"the inputs hold no lines: {', '.join(u.name for u in units)}")
-    if sum(stats.kept.values()) == 0:
-        raise ConfigError(f"no pair survived the filters; dropped: {stats.dropped}")
-    storage.write_bytes(storage.join(cfg.output, TOKENIZER_NAME), proto)
-    seconds = time.perf_counter() - start
-    manifest = _manifest(cfg, units, files, plan, sketch, Tokenizer(proto), stats, seconds)
-    write_manifest(cfg.output, manifest)
+        stats = _main_pass(units, cfg, plan, proto, _dedup_group_count(files, sketch), place)
+        if stats.read == 0:
+            raise ConfigError(f"the inputs hold no lines: {', '.join(u.name for u in units)}")
+        if sum(stats.kept.values()) == 0:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.dropped.items()))
+            names = ", ".join(u.name for u in units)
+            raise ConfigError(f"no pair of {names} survived the filters: {reasons}")
+        storage.write_bytes(storage.join(cfg.output, TOKENIZER_NAME), proto)
+        seconds = time.perf_counter() - start
+        manifest = _manifest(cfg, units, files, plan, sketch, Tokenizer(proto), stats, seconds)
+        lease.check()  # a run that stalled past its lease leaves the output to the one that took it
+        finish_prepare(cfg.output, manifest)
     return PrepareResult(cfg.output, manifest, seconds)
 
 
@@ -153,13 +185,21 @@ def plan_inputs(cfg: PrepareConfig) -> tuple[list[ReadUnit], list[storage.FileRe
     return units, files
 
 
-def _check_output(cfg: PrepareConfig) -> None:
+def _check_output(cfg: PrepareConfig) -> CorpusState:
+    """Refuse an output that cannot be written, or holds a complete corpus or files no prepare
+    wrote (both unless ``overwrite``); return what it holds (see :func:`corpus_state`)."""
     storage.check_output(cfg.output)
-    manifest = storage.join(cfg.output, MANIFEST_NAME)
-    if not cfg.overwrite and (storage.exists(manifest) or storage.expand(cfg.output)):
+    state = corpus_state(cfg.output)
+    if state == "complete" and not cfg.overwrite:
         raise ConfigError(f"{cfg.output} is not empty; pass --overwrite to replace its corpus")
+    if state == "foreign" and not cfg.overwrite:
+        raise ConfigError(
+            f"{cfg.output} is not empty; pass --overwrite to write a corpus there (it holds "
+            "files no prepare wrote)"
+        )
     if cfg.tokenizer and not storage.exists(cfg.tokenizer):
         raise storage.StorageError(f"{cfg.tokenizer}: tokenizer model not found")
+    return state
 
 
 class _CorpusDatasource(Datasource):
@@ -194,10 +234,14 @@ class _CorpusDatasource(Datasource):
 def _cleaned(
     units: list[ReadUnit], cfg: PrepareConfig, plan: SplitPlan, place: dict
 ) -> ray.data.Dataset:
-    roles = [u.role for u in units]
+    roles, names = [u.role for u in units], [u.name for u in units]
     return ray.data.read_datasource(
         _CorpusDatasource(units, cfg), override_num_blocks=len(units), **place
-    ).map_batches(clean_records, fn_kwargs={"plan": plan, "roles": roles}, batch_format="pyarrow")
+    ).map_batches(
+        _clean_block,
+        fn_kwargs={"plan": plan, "roles": roles, "unit_names": names},
+        batch_format="pyarrow",
+    )
 
 
 def _needs_scan(cfg: PrepareConfig, units: list[ReadUnit]) -> bool:
@@ -234,6 +278,10 @@ def _scan(units: list[ReadUnit], cfg: PrepareConfig, place: dict) -> CorpusSketc
 
 
 def _split_plan(cfg: PrepareConfig, sketch: CorpusSketch | None) -> SplitPlan:
+    if sketch is not None and sketch.clean_pairs == 0:  # the cause, not a split-size complaint
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sketch.dropped.most_common())
+        inputs = cfg.inputs + cfg.valid + cfg.test + cfg.src_files
+        raise ConfigError(f"no line of {', '.join(inputs)} is a usable pair: {reasons}")
     valid, test = _carved_sizes(cfg)
     eval_keys = sketch.eval_keys if sketch is not None else None
     if valid < 1 and test < 1:
@@ -263,9 +311,32 @@ def _tokenizer(proto: bytes) -> Tokenizer:
     return Tokenizer(proto)
 
 
+def _unprocessable(unit_names: list[str]):
+    """A poisoned record (see :mod:`s2s.poison`): logged with its ``file:line``, then dropped as
+    ``unprocessable``, so the manifest still accounts for it."""
+
+    def drop(row: pa.Table, err: BaseException) -> pa.Table:
+        where = f"{unit_names[row['input_id'][0].as_py()]}:{row['line'][0].as_py()}"
+        logger.warning("%s: dropped as unprocessable: %s", where, describe(err))
+        return drop_records(row, "unprocessable")
+
+    return drop
+
+
+def _clean_block(records: pa.Table, plan: SplitPlan, roles: list[str], unit_names: list[str]):
+    return isolate_rows(
+        lambda rows: clean_records(rows, plan, roles), records, _unprocessable(unit_names)
+    )
+
+
 def _tokenize_and_write(records: pa.Table, proto: bytes, cfg: PrepareConfig, unit_names: list[str]):
-    records = tokenize_records(
-        records, _tokenizer(proto), cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens
+    tokenizer = _tokenizer(proto)
+    records = isolate_rows(
+        lambda rows: tokenize_records(
+            rows, tokenizer, cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens
+        ),
+        records,
+        _unprocessable(unit_names),
     )
     shards = write_shards(records, cfg.output)
     return pa.table({"stats": [PrepareStats.from_records(records, unit_names, shards).to_json()]})

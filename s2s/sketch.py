@@ -12,6 +12,8 @@ grow with the corpus:
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,7 @@ class CorpusSketch:
     sample_tgt: list[str] = field(default_factory=list)
     train_keys: np.ndarray = field(default_factory=_empty)  # (<= key_count,) uint64, sorted
     eval_keys: np.ndarray = field(default_factory=_empty)  # uint64, sorted, distinct
+    dropped: Counter = field(default_factory=Counter)  # reason -> records (a few reasons)
 
     @staticmethod
     def of_records(records: pa.Table, roles: list[str], sample_size: int, key_count: int):
@@ -49,6 +52,7 @@ class CorpusSketch:
             clean_pairs=len(kept),
             train_keys=np.unique(key_hash[is_train])[:key_count],
             eval_keys=np.unique(key_hash[~is_train]),
+            dropped=Counter(pc.drop_null(records["reason"]).to_pylist()),
         )
         hashes, first = np.unique(kept["pair_hash"].to_numpy(), return_index=True)
         take = first[:sample_size]
@@ -59,6 +63,7 @@ class CorpusSketch:
 
     def merge(self, other: CorpusSketch) -> None:
         self.clean_pairs += other.clean_pairs
+        self.dropped += other.dropped
         self.train_keys = np.union1d(self.train_keys, other.train_keys)[: self.key_count]
         self.eval_keys = np.union1d(self.eval_keys, other.eval_keys)
         hashes = np.concatenate([self.sample_hash, other.sample_hash])
@@ -84,6 +89,7 @@ class CorpusSketch:
                 "sample_tgt": [self.sample_tgt],
                 "train_keys": [self.train_keys],
                 "eval_keys": [self.eval_keys],
+                "dropped": [json.dumps(self.dropped)],
             },
             schema=pa.schema(
                 [
@@ -93,6 +99,7 @@ class CorpusSketch:
                     ("sample_tgt", pa.list_(pa.string())),
                     ("train_keys", pa.list_(pa.uint64())),
                     ("eval_keys", pa.list_(pa.uint64())),
+                    ("dropped", pa.string()),
                 ]
             ),
         )
@@ -109,4 +116,5 @@ class CorpusSketch:
             list(row["sample_tgt"]),
             np.asarray(row["train_keys"], np.uint64),
             np.asarray(row["eval_keys"], np.uint64),
+            Counter(json.loads(row["dropped"])),
         )

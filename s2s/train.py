@@ -43,7 +43,7 @@ from s2s.config import ConfigError, TrainConfig
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
-from s2s.runlog import plot_curves, read_metrics, write_metrics
+from s2s.runlog import CURVES_NAME, METRICS_NAME, plot_curves, read_metrics, write_metrics
 from s2s.sampler import DataDigest, EpochPlan, steps
 from s2s.search import greedy_search
 from s2s.shards import read_shard
@@ -113,8 +113,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
         ),
     )  # fmt: skip
+    metrics_uri, curves_uri = (storage.join(cfg.output, n) for n in (METRICS_NAME, CURVES_NAME))
+    # Said up front: metrics.jsonl is rewritten at each checkpoint, so a run can be followed.
+    logger.info("metrics: %s (each checkpoint), curves: %s (at the end)", metrics_uri, curves_uri)
     result = trainer.fit()
     plot_curves(cfg.output)
+    curves = curves_uri if storage.exists(curves_uri) else "not drawn (no matplotlib)"
+    logger.info("training done: metrics %s, curves %s", metrics_uri, curves)
     checkpoint = None
     if result.checkpoint is not None:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""

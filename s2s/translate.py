@@ -55,6 +55,7 @@ from s2s.documents import (
     write_work,
 )
 from s2s.lease import LEASE_NAME, Lease
+from s2s.poison import NOT_ABOUT_A_RECORD, describe, isolate
 from s2s.translator import DocumentResult, Translator
 from s2s.translator import model_id as translator_model_id
 
@@ -467,6 +468,10 @@ class _PieceTranslator:
             return read_piece(source, piece, self.cfg.id_column, self.cfg.text_column), None
         except storage.StorageError as err:  # the input is reported failed, not finished
             return None, str(err)
+        except NOT_ABOUT_A_RECORD:
+            raise
+        except Exception as err:  # content no reader step expected: this input fails alone
+            return None, f"{source.uri}: cannot read: {describe(err)}"
 
     def _translate(self, pieces: list[tuple[Piece, InputFile]]) -> list[dict]:
         """Translate the documents of several pieces together; write each piece's results."""
@@ -487,7 +492,8 @@ class _PieceTranslator:
         ]
 
     def _table(self, docs: Documents, results: list[DocumentResult]) -> pa.Table:
-        """The output rows of one piece; a row unreadable at input keeps its read error."""
+        """The output rows of one piece; a row unreadable at input keeps its read error, and a
+        row that cannot be written (see :mod:`s2s.poison`) becomes an error row."""
         columns = {
             self.cfg.id_column: docs.ids,
             "translation": [None if e else r.translation for r, e in zip(results, docs.errors)],
@@ -500,7 +506,25 @@ class _PieceTranslator:
             "model": [self.translator.model_id] * len(results),
             "source": [t if isinstance(t, str) else None for t in docs.texts],
         }
-        return result_table(self.cfg.id_column, columns, self.cfg.keep_source)
+        keep_source, id_column = self.cfg.keep_source, self.cfg.id_column
+
+        def check(rows: list[int]) -> list[None]:
+            result_table(
+                id_column, {k: [v[i] for i in rows] for k, v in columns.items()}, keep_source
+            )
+            return [None] * len(rows)
+
+        try:
+            return result_table(id_column, columns, keep_source)
+        except NOT_ABOUT_A_RECORD:
+            raise
+        except Exception:  # find the rows that cannot be written; the others are kept
+            for row, failed in enumerate(isolate(check, range(len(results)), lambda _, e: e)):
+                if failed is not None:
+                    for name in (id_column, "translation", "warning", "source"):
+                        columns[name][row] = None
+                    columns["error"][row] = f"cannot write this row: {describe(failed)}"
+        return result_table(id_column, columns, keep_source)
 
 
 def _summary(

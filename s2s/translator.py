@@ -21,10 +21,11 @@ import torch
 
 from s2s import storage
 from s2s.batching import collate
-from s2s.checkpoint import TOKENIZER, checkpoint_id, load_checkpoint
-from s2s.config import DecodeConfig
+from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
+from s2s.config import ConfigError, DecodeConfig
 from s2s.export import EXPORT_INFO
 from s2s.filters import normalize_text
+from s2s.poison import describe, isolate
 from s2s.search import beam_search, greedy_search
 from s2s.segment import join_document, split_document
 from s2s.tokenizer import Tokenizer
@@ -70,13 +71,21 @@ def batch_order(lengths: Sequence[int], max_tokens: int, max_sentences: int) -> 
 
 
 def model_id(cfg: DecodeConfig) -> str:
-    """The id translations made with these settings carry, without loading the model."""
+    """The id translations made with these settings carry, after checking the model directory
+    whole without loading the model (the driver does this before any work is handed out).
+
+    Raises:
+        ConfigError: a model directory that is missing a file or damaged.
+    """
     if cfg.engine == "ctranslate2":
         info = storage.join(cfg.model, EXPORT_INFO)
         if storage.exists(info):
+            for name in ("model.bin", TOKENIZER):
+                if not storage.exists(storage.join(cfg.model, name)):
+                    raise ConfigError(f"{cfg.model}: not a complete CTranslate2 export: no {name}")
             return json.loads(storage.read_bytes(info))["model_id"] + "+ct2"
-        return checkpoint_id(cfg.model) + "+ct2"
-    return checkpoint_id(cfg.model)
+        return validate_checkpoint(cfg.model) + "+ct2"
+    return validate_checkpoint(cfg.model)
 
 
 def _load_ctranslate2(cfg: DecodeConfig, device: torch.device):
@@ -228,9 +237,17 @@ class Translator:
     ) -> list[DocumentResult]:
         """Translate documents sentence by sentence and rebuild their layout.
 
-        A document that cannot be translated (null, not a string, longer than ``max_chars``)
-        gets a result with ``error`` set instead of stopping the batch.
+        A document that cannot be translated (null, not a string, longer than ``max_chars``, or
+        one on which any step fails: see :mod:`s2s.poison`) gets a result with ``error`` set
+        instead of stopping the batch.
         """
+        return isolate(
+            lambda batch: self._translate_documents(batch, max_chars),
+            texts,
+            lambda _, err: DocumentResult(None, 0, f"cannot translate: {describe(err)}"),
+        )
+
+    def _translate_documents(self, texts: Sequence[object], max_chars: int) -> list[DocumentResult]:
         results: list[DocumentResult | None] = [None] * len(texts)
         segments: list[str] = []
         layouts = []  # (document index, first segment, separators)
@@ -254,12 +271,20 @@ class Translator:
             errors = [r.error for r in mine if r.error]
             cut = sum(r.pieces > 1 for r in mine)
             failure = errors and f"{len(errors)} of {len(mine)} sentences failed: {errors[0]}"
+            parts = [r.translation for r in mine]
+            translation = None if errors else join_document(parts, separators)
+            warnings = [
+                f"{cut} sentences over {self.max_input_tokens} tokens were cut into pieces"
+                if cut else None,
+                "empty translation of a non-empty text"
+                if translation is not None and not translation.strip() and texts[i].strip()
+                else None,
+            ]  # fmt: skip
             results[i] = DocumentResult(
-                None if errors else join_document([r.translation for r in mine], separators),
+                translation,
                 len(mine),
                 error=failure or None,
-                warning=f"{cut} sentences over {self.max_input_tokens} tokens were cut into "
-                "pieces" if cut else None,
+                warning="; ".join(w for w in warnings if w) or None,
                 src_tokens=sum(r.src_tokens for r in mine),
                 tgt_tokens=sum(r.tgt_tokens for r in mine),
             )  # fmt: skip

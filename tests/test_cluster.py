@@ -81,6 +81,17 @@ def head(tmp_path, s3_endpoint):
         log.close()
 
 
+def job_status(submitted: subprocess.CompletedProcess, address: str, env: dict) -> tuple[str, str]:
+    """(job id, `ray job status` without colours) of a job `ray job submit` ran."""
+    words = (w.strip("'") for w in submitted.stdout.split())
+    job_id = next(w for w in words if w.startswith("raysubmit_"))
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", address, job_id],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    return job_id, re.sub(r"\x1b\[[0-9;]*m", "", status.stdout)
+
+
 def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     address, env = head
     s3, name = boto3.client("s3"), bucket.removeprefix("s3://")
@@ -104,12 +115,7 @@ def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout, job.stdout[-3000:]
-    job_id = next(w.strip("'") for w in job.stdout.split() if w.strip("'").startswith("raysubmit_"))
-    status = subprocess.run(
-        [str(BIN / "ray"), "job", "status", "--address", address, job_id],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", status.stdout)
+    job_id, plain = job_status(job, address, env)
     assert f"Job '{job_id}' succeeded" in plain, plain
 
     checkpoint = f"{bucket}/nmt/runs/transformer-small/best"
@@ -126,6 +132,20 @@ def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     ]
     assert [r["id"] for r in rows] == [d["id"] for d in docs]
     assert all(r["error"] is None and r["translation"].count("\n\n") == 1 for r in rows)
+
+    # A job refused before work: Ray's final status message carries the exit code and the one
+    # line that says why (what a scheduler watching `ray job status` acts on).
+    refused_job = [
+        str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+        "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--",
+        "python", "jobs/translate.py", "--model", f"{bucket}/no-model", "--input",
+        f"{bucket}/inbox", "--output", f"{bucket}/out2",
+    ]  # fmt: skip
+    job = subprocess.run(refused_job, env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode != 0, job.stdout[-3000:]
+    job_id, plain = job_status(job, address, env)
+    assert f"Job '{job_id}' failed" in plain and "exit code 2" in plain, plain
+    assert f"s2s: error: {bucket}/no-model: not a complete checkpoint" in plain, plain
 
     # Without the token the head refuses the client: the trap the README warns about.
     no_token = {**env, "RAY_AUTH_TOKEN_PATH": str(Path(env["HOME"]) / "missing")}

@@ -9,7 +9,9 @@ import sacrebleu
 from s2s.cli import main
 from s2s.config import ConfigError, EvaluateConfig, PrepareConfig
 from s2s.evaluate import evaluate
+from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
+from s2s.shards import read_shard
 from s2s.translator import Translator
 
 
@@ -58,10 +60,22 @@ def test_evaluate_a_prepared_split_from_the_command_line(
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["sentences"] == 30 and report["split"] == "test"
-    assert 0 <= report["bleu"] <= 100 and report["beam"] == 1
+    assert report["beam"] == 1
+    # The scores are those of the engine's greedy outputs for the first 30 pairs of the test
+    # split, read here from the shards: another split, limit, beam or scoring scores otherwise.
+    test = [
+        read_shard(corpus, s["path"], ["src", "tgt"])
+        for s in read_manifest(corpus)["shards"]["test"]
+    ]
+    sources = [src for table in test for src in table["src"].to_pylist()][:30]
+    refs = [tgt for table in test for tgt in table["tgt"].to_pylist()][:30]
+    translator = Translator(EvaluateConfig(model=toy_checkpoint, beam=1))
+    outputs = [r.translation for r in translator.translate_documents(sources)]
+    assert report["bleu"] == round(sacrebleu.corpus_bleu(outputs, [refs]).score, 2)
+    assert report["chrf"] == round(sacrebleu.corpus_chrf(outputs, [refs]).score, 2)
 
     assert main(["evaluate", "--model", toy_checkpoint, "--data", str(raw), "split=train"]) == 2
     assert "split='train' is not one of: valid, test" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="no tab"):
+    with pytest.raises(ConfigError, match=r"bad.tsv:1: missing_tab"):
         (tmp_path / "bad.tsv").write_text("just a source\n")
         evaluate(EvaluateConfig(model=toy_checkpoint, data=str(tmp_path / "bad.tsv")))

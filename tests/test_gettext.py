@@ -3,7 +3,8 @@ import struct
 import pytest
 
 from s2s.cli import main
-from s2s.gettext import build_corpus, read_mo, strip_accelerators
+from s2s.gettext import build_corpus, package_locale_dirs, read_mo, strip_accelerators
+from tests import conftest
 
 
 def write_mo(entries: dict[str, str], order: str = "<") -> bytes:
@@ -90,11 +91,85 @@ def test_build_corpus_from_a_locale_dir(tmp_path):
     assert stats.entries == 2 + 6 - 1 + 1  # msgfmt would drop the untranslated one; we count it
 
 
-def test_gettext_command_on_this_machines_catalogs(tmp_path, gettext_pairs):
+def test_build_corpus_reads_several_locale_dirs_in_order(tmp_path):
+    header = "Content-Type: text/plain; charset=UTF-8\n"
+    for name, entries in [("one", {"Open": "Öffnen"}), ("two", {"Open": "Laden", "Quit": "Ende"})]:
+        (tmp_path / name / "de" / "LC_MESSAGES").mkdir(parents=True)
+        mo = write_mo({"": header, **entries})
+        (tmp_path / name / "de" / "LC_MESSAGES" / "x.mo").write_bytes(mo)
+    pairs, stats = build_corpus("de", [tmp_path / "two", tmp_path / "one"])
+    assert pairs == [("Open", "Laden"), ("Quit", "Ende")]  # the first dir given wins
+    assert stats.catalogs == 2 and stats.dropped["duplicate_source"] == 1
+
+
+def test_package_locale_dirs_finds_catalogs_of_installed_packages(tmp_path):
+    mo = write_mo({"": "Content-Type: text/plain; charset=UTF-8\n", "Open": "Öffnen"})
+    for catalog in [
+        "pkg/conf/locale/de/LC_MESSAGES/pkg.mo",
+        "pkg/contrib/admin/locale/de/LC_MESSAGES/pkg.mo",
+        "other/locales/de_DE/LC_MESSAGES/other.mo",  # pycountry's "locales", a "de_*" dir
+        "french/locale/fr/LC_MESSAGES/french.mo",  # another language
+    ]:
+        (tmp_path / catalog).parent.mkdir(parents=True)
+        (tmp_path / catalog).write_bytes(mo)
+    (tmp_path / "empty/locale/de/LC_MESSAGES").mkdir(parents=True)  # no catalog in it
+    assert package_locale_dirs("de", [tmp_path]) == [
+        tmp_path / "other/locales",
+        tmp_path / "pkg/conf/locale",
+        tmp_path / "pkg/contrib/admin/locale",
+    ]
+
+
+def test_corpus_from_the_installed_packages_is_real_text():
+    """The dev extra's packages (Django, pycountry, Trac, the JupyterLab German language pack)
+    ship human translations: the corpus a machine without system catalogs tests on."""
+    dirs = package_locale_dirs("de")
+    django = [d for d in dirs if "django" in d.parts]
+    pairs, stats = build_corpus("de", django)
+    assert stats.catalogs >= 10 and len(pairs) > 600  # Django 5.2: 739 pairs from 13 catalogs
+    found = dict(pairs)
+    assert found["This field is required."] == "Dieses Feld ist zwingend erforderlich."
+    assert found["Change password"] == "Passwort ändern"
+    everything, _ = build_corpus("de", dirs)
+    assert dict(everything)["Germany"] == "Deutschland"  # pycountry's ISO 3166 names
+    assert len(everything) >= conftest.GETTEXT_MIN_PAIRS  # with Django 5.2 and the rest: 7,050
+
+
+def test_fixture_falls_back_to_the_packages_catalogs(tmp_path):
+    corpus = conftest.load_gettext_corpus(tmp_path)  # a machine without system catalogs
+    assert corpus.locale_dirs == [tmp_path, *package_locale_dirs("de")]
+    assert corpus.pairs == build_corpus("de", package_locale_dirs("de"))[0]
+
+
+def test_fixture_fails_without_enough_pairs(tmp_path, monkeypatch):
+    monkeypatch.setattr(conftest, "package_locale_dirs", lambda lang: [])
+    with pytest.raises(pytest.fail.Exception, match="only 0 en->de gettext pairs"):
+        conftest.load_gettext_corpus(tmp_path)
+
+
+def test_gettext_command_with_packages(tmp_path):
     out = tmp_path / "de.tsv"
-    assert main(["corpus", "gettext", "--lang", "de", "--output", str(out)]) == 0
+    argv = ["corpus", "gettext", "--lang", "de", "--packages", "--output", str(out)]
+    assert main(argv) == 0
+    pairs = [tuple(line.split("\t")) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert pairs == build_corpus("de", package_locale_dirs("de"))[0]
+
+
+def test_gettext_command_without_catalogs_is_refused(tmp_path, capsys):
+    argv = ["corpus", "gettext", "--lang", "de", "--locale-dir", str(tmp_path)]
+    assert main([*argv, "--output", str(tmp_path / "de.tsv")]) == 2
+    assert f"no 'de' catalogs with translations under {tmp_path}" in capsys.readouterr().err
+
+
+def test_gettext_command_on_this_machines_catalogs(tmp_path, gettext_corpus, gettext_pairs):
+    out = tmp_path / "de.tsv"
+    if gettext_corpus.locale_dirs == [conftest.GETTEXT_LOCALE_DIR]:
+        sources = []  # the command's default: the system catalogs
+    else:
+        sources = ["--locale-dir", conftest.GETTEXT_LOCALE_DIR, "--packages"]
+    assert main(["corpus", "gettext", "--lang", "de", *sources, "--output", str(out)]) == 0
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(gettext_pairs) > 10_000
+    assert len(lines) == len(gettext_pairs) >= conftest.GETTEXT_MIN_PAIRS
     pairs = [line.split("\t") for line in lines]
     assert all(len(p) == 2 and p[0] and p[1] for p in pairs)
     sources = [p[0] for p in pairs]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from s2s.tokenizer import Tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,9 +29,11 @@ def test_demo_job_end_to_end(tmp_path, gettext_pairs):
     assert counts["read"] == len(gettext_pairs)
     assert counts["read"] == sum(counts["kept"].values()) + sum(counts["dropped"].values())
     assert counts["kept"]["valid"] >= 2000 and counts["kept"]["test"] >= 2000
-    assert (tmp_path / "prepared" / "tokenizer.model").stat().st_size > 0
+    proto = (tmp_path / "prepared" / "tokenizer.model").read_bytes()
+    assert Tokenizer(proto).vocab_size == manifest["tokenizer"]["vocab_size"]  # the one it names
     run = tmp_path / "runs" / "transformer-small"
-    assert (run / "metrics.jsonl").read_text().count("\n") >= 1
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == 10 and "bleu" in logged[-1]  # its 10 steps, the last evaluated
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["sentences"] == 500 and f"test BLEU     {scores['bleu']}" in done.stdout
     docs = (tmp_path / "docs" / "sample.jsonl").read_text().splitlines()

@@ -24,9 +24,11 @@ from s2s.documents import (
     result_table,
     write_work,
 )
+from s2s.lease import Lease, LeaseHeld
 from s2s.translate import translate
 from s2s.translator import Translator
-from tests.conftest import pids_running
+from tests.test_lease import LeaseClock
+from tests.test_train import ray_actors, wait_until_gone
 
 GOOD = [
     "Open file. Save file.",
@@ -59,7 +61,7 @@ def jsonl_documents() -> tuple[bytes, list[dict]]:
             json.dumps({"id": "b8", "text": " ".join(["Open the file"] * 40)}).encode(),
             {"id": "b8", "warning": "cut into pieces"},
         ),
-        (b'{"id": 9, "text": ""}', {"id": "9", "error": None, "translation": ""}),
+        (b'{"id": 9, "text": ""}', {"id": "9", "error": None, "translation": ""}),  # mixed ids: str
     ]
     for position, (line, expected) in zip((3, 8, 11, 15, 16, 20, 22, 25, 27, 29), bad):
         lines.insert(position, line)
@@ -200,16 +202,22 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
         model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
         concurrency="1", cpus_per_actor=0.5, torch_threads=1,
     )  # fmt: skip
-    killed = []
+    earlier = set(ray_actors("_PieceTranslator"))  # other runs' translator actors
+    killed, landed = [], []
 
     def kill_once_pieces_land():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
             work = list((out / "_work").rglob("*.parquet")) if (out / "_work").exists() else []
-            pids = pids_running(b"_PieceTranslator")
-            if len(work) >= 3 and pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
+            mine = [
+                (actor, record["Pid"])
+                for actor, record in ray_actors("_PieceTranslator").items()
+                if actor not in earlier and record["State"] == "ALIVE"
+            ]  # this run's translator actor (concurrency 1: the only one)
+            if len(work) >= 3 and mine:
+                os.kill(mine[0][1], signal.SIGKILL)
+                killed.append(mine[0])
+                landed.append(wait_until_gone(mine[0][1]))
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_once_pieces_land)
@@ -217,8 +225,13 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
     summary = translate(cfg).summary
     killer.join()
     assert killed, "the translator actor was never killed; the test proved nothing"
+    assert landed == [True], f"translator actor process {killed[0][1]} survived its SIGKILL"
+    # Ray restarted that actor (a new process) and the run went on with it.
+    ((actor, pid),) = killed
+    record = ray_actors("_PieceTranslator")[actor]
+    assert record["NumRestarts"] >= 1 and record["Pid"] != pid, record
     rows = read_jsonl(str(out / "big.jsonl"))
-    assert [r["id"] for r in rows] == [str(n) for n in range(400)]  # each once, in order
+    assert [r["id"] for r in rows] == list(range(400))  # each once, in order (ids stay integers)
     assert all(r["error"] is None and r["translation"] for r in rows)
     assert summary["rows_written"] == 400
 
@@ -241,7 +254,7 @@ def test_an_unreadable_input_fails_alone_with_exit_status_1(
 
 
 def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
-    ray_local, toy_checkpoint, tmp_path
+    ray_local, toy_checkpoint, tmp_path, monkeypatch
 ):
     import subprocess
     import sys
@@ -254,7 +267,9 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     (docs / "big.jsonl").write_text("\n".join(lines) + "\n")
     settings = ["--model", toy_checkpoint, "--input", str(docs), "--output", str(out),
                 "--beam", "4", "piece_mb=0.001", "cpus_per_actor=0.5", "torch_threads=1",
-                "lease_ttl_s=6"]  # fmt: skip
+                "lease_ttl_s=60"]  # fmt: skip
+    # 60 s, renewed every 20: a busy machine cannot stall the first run's renewal long enough
+    # for its lease to lapse while it runs. Its expiry after death is not waited for (below).
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     first = subprocess.Popen(
         [sys.executable, "-m", "s2s.cli", "translate", *settings], env=env,
@@ -271,8 +286,16 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
         os.killpg(first.pid, signal.SIGKILL)  # the run dies halfway: no output file, no release
         first.wait()
     assert not (out / "big.jsonl").exists() and (out / "_lease.json").exists()
+    dead = json.loads((out / "_lease.json").read_text())
+    assert dead["expires"] - dead["acquired"] == pytest.approx(60, abs=1e-3)  # the ttl set
+    with pytest.raises(LeaseHeld):  # unreleased: held until it expires
+        Lease(str(out / "_lease.json")).acquire()
 
-    time.sleep(6)  # the dead run's lease expires; the next run takes over and finishes
+    # Nobody renews it now. The lease's clock is moved past its expiry instead of waiting a
+    # minute for it: the next run takes over and finishes.
+    clock = LeaseClock()
+    clock.shift = dead["expires"] + 1 - time.time()
+    monkeypatch.setattr("s2s.lease.time", clock)
     summary = translate(
         TranslateConfig(
             model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
@@ -281,7 +304,7 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     ).summary  # fmt: skip
     assert summary["pieces"]["reused_from_earlier_run"] >= 3
     rows = read_jsonl(str(out / "big.jsonl"))
-    assert [r["id"] for r in rows] == [str(n) for n in range(300)]
+    assert [r["id"] for r in rows] == list(range(300))
     assert not (out / "_lease.json").exists()
 
 

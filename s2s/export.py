@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from s2s import storage
-from s2s.checkpoint import TOKENIZER, load_checkpoint
+from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
 from s2s.config import ConfigError
 
 __all__ = ["export_ctranslate2", "EXPORT_INFO", "local_ctranslate2_model"]
@@ -79,13 +79,14 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
     """Convert a Transformer checkpoint into a CTranslate2 model directory (local or s3://).
 
     Raises:
-        ConfigError: for an RNN checkpoint (CTranslate2 runs Transformers only) or a missing
-            ctranslate2 package.
+        ConfigError: for a damaged or RNN checkpoint (CTranslate2 runs Transformers only) or a
+            missing ctranslate2 package.
     """
     try:
         import ctranslate2
     except ImportError:
         raise ConfigError("export needs the ctranslate2 package: pip install ctranslate2") from None
+    validate_checkpoint(checkpoint)  # one line for a damaged checkpoint, not a loader's traceback
     ckpt = load_checkpoint(checkpoint)
     if ckpt.model_config.family != "transformer":
         raise ConfigError(

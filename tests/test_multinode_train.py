@@ -106,7 +106,7 @@ def test_prepare_train_translate_spread_over_two_nodes(ray_cluster, bucket, corp
         rows = [json.loads(line) for line in storage.read_bytes(ref.uri).decode().splitlines()]
         assert all(r["error"] is None and r["translation"] for r in rows)
         ids += [r["id"] for r in rows]
-    assert sorted(ids) == sorted(map(str, documents))  # every document exactly once
+    assert sorted(ids) == sorted(documents)  # every document exactly once, integer ids kept
     assert summary["documents"] == len(documents) and not summary["inputs"]["failed"]
 
 

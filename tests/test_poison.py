@@ -334,6 +334,8 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(toy_checkpoint, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("s2s: error: "), err
     assert expected in err[0] and not (tmp_path / "out" / "a.jsonl").exists()
+    assert main(["export", "--model", str(model), "--output", str(tmp_path / "ct2")]) == 2
+    assert expected in capsys.readouterr().err
 
 
 def test_an_internal_error_exits_70_with_a_one_line_summary(monkeypatch, capsys, tmp_path):

@@ -38,7 +38,12 @@ from ray.train import (
 
 from s2s import cluster, storage
 from s2s.batching import collate
-from s2s.checkpoint import restore_training, save_checkpoint
+from s2s.checkpoint import (
+    list_checkpoints,
+    restore_training,
+    save_checkpoint,
+    validate_checkpoint,
+)
 from s2s.config import ConfigError, TrainConfig
 from s2s.manifest import read_manifest
 from s2s.models import build_model
@@ -82,6 +87,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     cluster.connect()
     place = cluster.check_local_paths([cfg.data, cfg.output], cfg.shared_fs)
     storage.check_output(cfg.output)
+    resumable = list_checkpoints(cfg.output)
+    if resumable:  # Ray Train resumes from the newest: check it here, not in every worker
+        validate_checkpoint(resumable[-1][1])
     config_uri = storage.join(cfg.output, CONFIG_NAME)
     storage.write_bytes(
         config_uri, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode()

@@ -236,3 +236,19 @@ def test_bad_configs_fail_before_workers_start(corpus, tmp_path):
             train(cfg)
     with pytest.raises(ConfigError, match="not divisible"):
         model_preset("transformer-small", {"d_model": 66})
+
+
+def test_a_damaged_checkpoint_to_resume_from_is_refused(corpus, toy_checkpoint, tmp_path):
+    """The newest registered checkpoint of a run is checked in the driver before Ray Train
+    starts: a truncated upload is one ConfigError naming it, not a traceback from every worker."""
+    import shutil
+
+    run = tmp_path / "run"
+    newest = run / "checkpoint_000002"
+    shutil.copytree(toy_checkpoint, newest)
+    weights = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(weights[:-100])
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": newest.name}]}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    with pytest.raises(ConfigError, match=r"checkpoint_000002/model.safetensors: truncated"):
+        train(tiny_config(corpus, str(run), max_steps=5))

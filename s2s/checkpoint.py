@@ -106,24 +106,32 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model of a checkpoint from its config and weights, in eval mode.
 
     Raises:
-        StorageError: if the checkpoint (or one of its files) is missing.
+        ConfigError: one line, if the checkpoint is incomplete or damaged (see
+            :func:`validate_checkpoint`).
     """
-    config = yaml.safe_load(storage.read_bytes(storage.join(uri, CONFIG)))
-    model_config = from_dict(ModelConfig, config["model"], where="model.")
+    model_config, state, weights, tokenizer = _read_checked(uri)
     model = build_model(model_config)
-    weights = storage.read_bytes(storage.join(uri, WEIGHTS))
     model.load_state_dict(load_safetensors(weights))
     model.to(device).eval()
-    tokenizer = Tokenizer(storage.read_bytes(storage.join(uri, TOKENIZER)), name=uri)
-    state = json.loads(storage.read_bytes(storage.join(uri, STATE)))
     return Checkpoint(model, model_config, tokenizer, state, _model_id(uri, state, weights))
 
 
 def validate_checkpoint(uri: str) -> str:
-    """Check a checkpoint fully before any work is handed out, and return its id: every file
-    present, the config a valid ModelConfig, the weights a whole safetensors file whose tensor
-    names and shapes are those of the model the config builds (built on the meta device: no
-    memory), the tokenizer loadable with the config's vocabulary size.
+    """Check a checkpoint fully before any work is handed out, without building its model, and
+    return its id (see :func:`_read_checked` for what is checked).
+
+    Raises:
+        ConfigError: one line naming the checkpoint and what is wrong with it.
+    """
+    _, state, weights, _ = _read_checked(uri)
+    return _model_id(uri, state, weights)
+
+
+def _read_checked(uri: str) -> tuple[ModelConfig, dict, bytes, Tokenizer]:
+    """(model config, trainer state, weights, tokenizer) of a checkpoint, read once and checked:
+    every file present, the config a valid ModelConfig, the weights a whole safetensors file whose
+    tensor names and shapes are those of the model the config builds (built on the meta device:
+    no memory), the tokenizer loadable with the config's vocabulary size.
 
     Raises:
         ConfigError: one line naming the checkpoint and what is wrong with it.
@@ -152,7 +160,7 @@ def validate_checkpoint(uri: str) -> str:
             "for the config)"
         )
     try:
-        tokenizer = Tokenizer(storage.read_bytes(files[TOKENIZER]), name=files[TOKENIZER])
+        tokenizer = Tokenizer(storage.read_bytes(files[TOKENIZER]), name=uri)
     except Exception as err:  # SentencePiece raises RuntimeError/OSError on a bad model
         raise ConfigError(f"{files[TOKENIZER]}: not a SentencePiece model: {err}") from None
     if tokenizer.vocab_size != model_config.vocab_size:
@@ -160,7 +168,7 @@ def validate_checkpoint(uri: str) -> str:
             f"{uri}: the tokenizer has {tokenizer.vocab_size} pieces, the model "
             f"{model_config.vocab_size}"
         )
-    return _model_id(uri, state, weights)
+    return model_config, state, weights, tokenizer
 
 
 def _safetensors_shapes(data: bytes, where: str) -> dict[str, list[int]]:

@@ -22,7 +22,14 @@ import pyarrow.parquet as pq
 from s2s import storage
 from s2s.config import ConfigError
 
-__all__ = ["RECORD_SCHEMA", "ReadUnit", "detect_format", "read_unit", "check_parquet_columns"]
+__all__ = [
+    "RECORD_SCHEMA",
+    "ReadUnit",
+    "detect_format",
+    "read_unit",
+    "check_parquet_columns",
+    "text_as_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +348,7 @@ def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int
             src, tgt, reason = [], [], []
             # As bytes, decoded value by value: a string column may still hold invalid UTF-8,
             # which would fail the whole batch's conversion.
-            for s, t in zip(_as_bytes(batch.column(0)), _as_bytes(batch.column(1))):
+            for s, t in zip(text_as_bytes(batch.column(0)), text_as_bytes(batch.column(1))):
                 try:
                     s, t = _as_text(s), _as_text(t)
                     r = "null_value" if s is None or t is None else None
@@ -353,7 +360,10 @@ def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int
             yield src, tgt, reason
 
 
-def _as_bytes(column: pa.Array) -> list[bytes | None]:
+def text_as_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    """The values of a string or binary column as bytes, without UTF-8 validation: a Parquet
+    string column may still hold invalid UTF-8, which would fail a conversion to str of the whole
+    column; the caller decodes value by value instead."""
     large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
     return column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from s2s import storage
 from s2s.config import ConfigError
+from s2s.corpus import text_as_bytes
 
 __all__ = [
     "InputFile",
@@ -323,12 +324,9 @@ def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: 
         errors = [f"{source.name}: no column {text_column!r} (has: {', '.join(names)})"] * rows
         return Documents(ids, texts, errors, warnings)
     column = table.column(text_column)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        # As bytes: a string column may still hold invalid UTF-8, which would fail the whole
-        # column's conversion; decoded value by value instead, with a warning.
-        large = pa.types.is_large_string(column.type)
-        column = column.cast(pa.large_binary() if large else pa.binary())
-    for i, value in enumerate(column.to_pylist()):
+    # Strings as bytes, decoded value by value: invalid UTF-8 costs one value a warning.
+    is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    for i, value in enumerate(text_as_bytes(column) if is_text else column.to_pylist()):
         if isinstance(value, bytes):
             value, warnings[i] = _decode(value)
         texts[i] = value
@@ -340,9 +338,7 @@ def _parquet_ids(column: pa.ChunkedArray) -> list[str | int | None]:
     if pa.types.is_integer(column.type):
         return column.to_pylist()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        large = pa.types.is_large_string(column.type)
-        values = column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
-        return [None if v is None else _decode(v)[0] for v in values]
+        return [None if v is None else _decode(v)[0] for v in text_as_bytes(column)]
     return [None if v is None else str(v) for v in column.to_pylist()]
 
 
@@ -434,15 +430,7 @@ def _read_work(uri: str) -> pa.Table:
 def _remove_work(pieces: list[Piece]) -> None:
     """Delete an input's piece files (by name: no listing); a missing one is fine."""
     for piece in pieces:
-        fs, path = storage.filesystem(piece.work)
-        try:
-            fs.delete_file(path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise storage.StorageError(
-                f"{piece.work}: cannot delete: {storage.describe_error(err)}"
-            ) from None
+        storage.delete(piece.work)
 
 
 def finish_input(source: InputFile, pieces: list[Piece], out_format: str) -> int:

@@ -21,7 +21,7 @@ from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.shards import read_shard
-from s2s.translator import Translator, model_id
+from s2s.translator import Translator
 
 __all__ = ["evaluate", "load_pairs", "score"]
 
@@ -78,8 +78,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
     sources, references = load_pairs(cfg.data, cfg.split, cfg.limit)
-    model_id(cfg)  # the model directory checked whole: one line, not a loader's traceback
-    translator = Translator(cfg)
+    translator = Translator(cfg)  # checks the model directory whole: one line if damaged
     started = time.time()
     results = translator.translate_documents(sources)
     seconds = time.time() - started

@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from s2s import storage
-from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
+from s2s.checkpoint import TOKENIZER, load_checkpoint
 from s2s.config import ConfigError
 
 __all__ = ["export_ctranslate2", "EXPORT_INFO", "local_ctranslate2_model"]
@@ -86,8 +86,7 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
         import ctranslate2
     except ImportError:
         raise ConfigError("export needs the ctranslate2 package: pip install ctranslate2") from None
-    validate_checkpoint(checkpoint)  # one line for a damaged checkpoint, not a loader's traceback
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)  # checked: a damaged checkpoint is one ConfigError
     if ckpt.model_config.family != "transformer":
         raise ConfigError(
             f"{checkpoint}: CTranslate2 runs Transformers, not {ckpt.model_config.cell}"

@@ -236,19 +236,19 @@ def begin_prepare(root: str, about: dict) -> None:
     interrupted writes. Nothing a prepare does not write is removed.
     """
     storage.write_bytes(storage.join(root, PREPARE_MARKER), json.dumps(about).encode())
-    _delete(storage.join(root, MANIFEST_NAME))
+    storage.delete(storage.join(root, MANIFEST_NAME))
     for split in SPLITS:
         storage.remove_tree(storage.join(root, split))
     for name, uri in _files(root).items():
         if ".tmp-" in name and _PREPARE_FILE.fullmatch(name):
-            _delete(uri)
+            storage.delete(uri)
 
 
 def finish_prepare(root: str, manifest: dict) -> str:
     """Write the manifest, atomically and last: from then on the corpus is complete. Then remove
     the marker (a run killed in between leaves both: the manifest wins). Returns its URI."""
     uri = write_manifest(root, manifest)
-    _delete(storage.join(root, PREPARE_MARKER))
+    storage.delete(storage.join(root, PREPARE_MARKER))
     return uri
 
 
@@ -280,14 +280,3 @@ def _files(root: str) -> dict[str, str]:
     return {
         ref.uri.removeprefix("s3://").removeprefix(base): ref.uri for ref in storage.expand(root)
     }
-
-
-def _delete(uri: str) -> None:
-    """Delete one file or object; a missing one is fine."""
-    fs, path = storage.filesystem(uri)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise storage.StorageError(f"{uri}: cannot delete: {storage.describe_error(err)}") from None

@@ -329,6 +329,17 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise StorageError(f"{uri}: not writable: {describe_error(err)}") from None
 
 
+def delete(uri: str) -> None:
+    """Delete one file or object; a missing one is fine."""
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise StorageError(f"{uri}: cannot delete: {describe_error(err)}") from None
+
+
 def remove_tree(uri: str) -> None:
     """Delete everything under ``uri`` (a directory or prefix); a missing one is fine."""
     fs, path = filesystem(uri)

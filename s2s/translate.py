@@ -165,7 +165,7 @@ def _translate_under_lease(
     settings = json.dumps([model_id, _decode_settings(cfg)])
     piece_bytes = int(cfg.piece_mb * 2**20)
     plan, report = _Plan(remaining=[0] * len(inputs)), _Report()
-    pending = _pending_pieces(cfg, inputs, settings, plan, report)
+    pending = _pending_pieces(cfg, inputs, settings, piece_bytes, plan, report)
     items = list(_work_items(pending, inputs, piece_bytes))
     log.info(
         "%d inputs: %d complete, %d to translate in %d pieces (%d left by an earlier run)",
@@ -239,7 +239,12 @@ def _translate_under_lease(
 
 
 def _pending_pieces(
-    cfg: TranslateConfig, inputs: list[InputFile], settings: str, plan: _Plan, report: _Report
+    cfg: TranslateConfig,
+    inputs: list[InputFile],
+    settings: str,
+    piece_bytes: int,
+    plan: _Plan,
+    report: _Report,
 ) -> Iterator[Piece]:
     """The pieces to translate, input by input; what else planning finds goes into ``plan``.
 
@@ -259,7 +264,7 @@ def _pending_pieces(
             plan.already_complete += 1
             continue
         try:
-            pieces = plan_pieces(i, source, cfg.output, settings, int(cfg.piece_mb * 2**20))
+            pieces = plan_pieces(i, source, cfg.output, settings, piece_bytes)
         except storage.StorageError as err:  # e.g. a large Parquet file whose footer is broken
             plan.remaining[i] = -1
             report.fail(i, source.uri, str(err))

@@ -78,14 +78,24 @@ def model_id(cfg: DecodeConfig) -> str:
         ConfigError: a model directory that is missing a file or damaged.
     """
     if cfg.engine == "ctranslate2":
-        info = storage.join(cfg.model, EXPORT_INFO)
-        if storage.exists(info):
-            for name in ("model.bin", TOKENIZER):
-                if not storage.exists(storage.join(cfg.model, name)):
-                    raise ConfigError(f"{cfg.model}: not a complete CTranslate2 export: no {name}")
-            return json.loads(storage.read_bytes(info))["model_id"] + "+ct2"
-        return validate_checkpoint(cfg.model) + "+ct2"
+        info = _export_info(cfg.model)
+        return (info["model_id"] if info else validate_checkpoint(cfg.model)) + "+ct2"
     return validate_checkpoint(cfg.model)
+
+
+def _export_info(uri: str) -> dict | None:
+    """The `s2s export` record of a CTranslate2 model directory, or None for a checkpoint.
+
+    Raises:
+        ConfigError: an export directory that is missing a file.
+    """
+    info = storage.join(uri, EXPORT_INFO)
+    if not storage.exists(info):
+        return None
+    for name in ("model.bin", TOKENIZER):
+        if not storage.exists(storage.join(uri, name)):
+            raise ConfigError(f"{uri}: not a complete CTranslate2 export: no {name}")
+    return json.loads(storage.read_bytes(info))
 
 
 def _load_ctranslate2(cfg: DecodeConfig, device: torch.device):
@@ -95,10 +105,10 @@ def _load_ctranslate2(cfg: DecodeConfig, device: torch.device):
 
     from s2s.export import export_ctranslate2, local_ctranslate2_model
 
-    exported = cfg.model
-    if not storage.exists(storage.join(cfg.model, EXPORT_INFO)):
+    exported, info = cfg.model, _export_info(cfg.model)
+    if info is None:  # a checkpoint: exported here (load_checkpoint checks it first)
         exported = export_ctranslate2(cfg.model, tempfile.mkdtemp(prefix="s2s-ct2-"))
-    info = json.loads(storage.read_bytes(storage.join(exported, EXPORT_INFO)))
+        info = _export_info(exported)
     local = local_ctranslate2_model(exported)
     threads = torch.get_num_threads()
     model = ctranslate2.Translator(

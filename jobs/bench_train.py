@@ -98,7 +98,7 @@ def bare_loop(model, batches, device, warmup: int = 3) -> dict:
         (loss / n).backward()
         optimizer.step()
         if i >= warmup:
-            tokens += n
+            tokens += int(n)
             positions += batch["tgt_out"].numel()
     seconds = time.perf_counter() - start
     return {"tok_s": tokens / seconds, "padding": 1 - tokens / positions, "seconds": seconds}

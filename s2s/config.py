@@ -243,8 +243,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
-    # bf16: autocast. auto: bf16 where the hardware has it (CUDA; CPUs with AVX512-BF16/AMX).
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # bf16: autocast. auto: bf16 where the device computes it natively (CUDA GPUs from Ampere
+    # on; CPUs with AVX512-BF16 or AMX), else fp32 (with TF32 matmuls on a GPU).
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     seed: int = 1
 
     log_every: int = 50
@@ -316,7 +317,9 @@ class DecodeConfig:
     use_gpu: bool = False
     # Local paths on a cluster of several nodes are refused unless mounted on every node.
     shared_fs: bool = False
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU, or CPUs with AMX)
+    # bf16: autocast. auto: bf16 on GPUs that compute it natively (Ampere on), else fp32 (with
+    # TF32 matmuls on a GPU); fp32 on CPUs, where bf16 decoding is not measured faster.
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
 
     def validate(self) -> None:

@@ -28,7 +28,9 @@ def label_smoothed_loss(
 
     Returns:
         (loss_sum, nll_sum, n_tokens): the smoothed loss to backpropagate, the plain negative
-        log-likelihood (for perplexity) and the number of target tokens.
+        log-likelihood (for perplexity) and the number of target tokens, all 0-d tensors on the
+        logits' device: reading none of them waits for the device (a GPU runs ahead until the
+        caller asks for a number, at a log line).
     """
     logits = logits.flatten(0, 1).float()  # (N, V)
     target = target.flatten()
@@ -42,7 +44,7 @@ def label_smoothed_loss(
             nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
     else:
         nll = loss.detach()
-    return loss, nll, int((target != PAD_ID).sum())
+    return loss, nll, (target != PAD_ID).sum()
 
 
 def build_optimizer(

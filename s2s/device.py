@@ -1,0 +1,52 @@
+"""What the compute device offers: native bf16, TF32 matmuls, pinned host memory.
+
+Ray-free and model-free: training, the translator and the benchmarks ask here, so that
+``precision=auto`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["native_bf16", "resolve_precision", "autocast", "enable_tf32"]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware. Emulated bf16 (a CUDA GPU older than
+    Ampere, a CPU without AVX512-BF16 or AMX) is slower than fp32, so it does not count."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # private but long-standing helpers; absent ones count as "no"
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = True) -> str:
+    """``fp32`` or ``bf16`` for a setting of ``fp32``, ``bf16`` or ``auto``.
+
+    ``auto`` is bf16 where the device computes it natively (see :func:`native_bf16`), else fp32;
+    with ``cpu_bf16=False`` a CPU always gets fp32 (decoding: bf16 is not measured faster there).
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cpu" and not cpu_bf16:
+        return "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """The context that computes in ``precision`` (a resolved one) on ``device``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enable_tf32(device: torch.device) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere and newer): about 8x the fp32
+    rate at a 10-bit mantissa, which training and decoding tolerate. No effect on a CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

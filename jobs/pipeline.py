@@ -43,8 +43,8 @@ def config_from_args(argv: list[str] | None = None) -> PipelineConfig:
     args = vars(build_parser().parse_args(argv))
     path, overrides = args.pop("config"), args.pop("overrides")
     cfg = load_pipeline_config(path, {k: v for k, v in args.items() if v is not None}, overrides)
-    if cfg.train.use_gpu:
-        cfg.translate.use_gpu = True
+    if cfg.train.use_gpu:  # --gpu: every stage that computes with the model does it on GPUs
+        cfg.evaluate.use_gpu = cfg.translate.use_gpu = True
     return cfg
 
 

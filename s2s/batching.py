@@ -8,16 +8,20 @@ each batch is padding, and the budget keeps the compute per batch roughly consta
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["Example", "token_batches", "collate"]
+__all__ = ["Example", "token_batches", "collate", "to_device", "prefetch"]
 
 Example = tuple[Sequence[int], Sequence[int]]  # (source ids, target ids), no bos/eos
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _cost(example: Example) -> int:
@@ -89,3 +93,36 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
         "tgt_in": torch.from_numpy(tgt_in),
         "tgt_out": torch.from_numpy(tgt_out),
     }
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on ``device``. To a GPU through pinned memory and without blocking: the
+    host goes on to queue kernels and build the next batch while the copy runs (a copy from
+    ordinary pageable memory would wait for the device to finish what it was doing first)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in tensors.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
+
+
+def prefetch(items: Iterable[T], prepare: Callable[[T], U], ahead: bool) -> Iterator[tuple[T, U]]:
+    """``(item, prepare(item))`` for each item. With ``ahead``, the next item is prepared in a
+    background thread while the caller works on the current one (a GPU step leaves the host
+    idle, waiting on the device; on a CPU the cores are busy, so preparing inline is as fast)."""
+    if not ahead:
+        for item in items:
+            yield item, prepare(item)
+        return
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="s2s-prefetch") as pool:
+        pending = [(item, pool.submit(prepare, item)) for item in _first(iterator)]
+        while pending:
+            item, future = pending.pop()
+            pending = [(nxt, pool.submit(prepare, nxt)) for nxt in _first(iterator)]
+            yield item, future.result()
+
+
+def _first(iterator: Iterator[T]) -> list[T]:
+    """The next item of ``iterator`` in a list, or an empty list at its end."""
+    for item in iterator:
+        return [item]
+    return []

@@ -291,6 +291,16 @@ def train_config(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+# What CTranslate2 may compute in (DecodeConfig.compute_type)...
+ComputeType = Literal[
+    "default", "float32", "int8", "int8_float32", "float16", "bfloat16", "int8_float16",
+    "int8_bfloat16",
+]  # fmt: skip
+# ...and the types only a GPU computes: on a CPU, CTranslate2 falls back to float32 or
+# int8_float32 without a word (its docs: "implicit type conversion on load").
+GPU_COMPUTE_TYPES = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")
+
+
 @dataclass
 class DecodeConfig:
     """How a checkpoint turns source sentences into translations (shared by translate and
@@ -300,21 +310,29 @@ class DecodeConfig:
     # torch: s2s's own search. ctranslate2: CTranslate2's C++ engine (Transformers only; a
     # checkpoint is exported on load, an `s2s export --format ctranslate2` directory used as is).
     engine: Literal["torch", "ctranslate2"] = "torch"
-    # ctranslate2: weights at run time; "default" keeps the exported type.
-    compute_type: Literal["default", "float32", "int8", "int8_float32", "bfloat16"] = "default"
+    # ctranslate2: weights at run time; "default" keeps the exported type. float16, bfloat16,
+    # int8_float16 and int8_bfloat16 need use_gpu (a CPU would quietly run float32); on a GPU
+    # int8_float16 is the fast one (bfloat16 and int8_bfloat16 need Ampere or newer).
+    compute_type: ComputeType = "default"
     beam: int = 4  # 1 = greedy search
     length_penalty: float = 1.0  # GNMT alpha; 0 ranks beams by raw log-probability
     # At most max_len_a * source_tokens + max_len_b output tokens per sentence.
     max_len_a: float = 1.5
     max_len_b: int = 10
     # A batch holds at most this many padded source tokens (x beam rows in the decoder) and
-    # at most max_sentences sentences; sentences are sorted by length first.
-    max_tokens: int = 4000
-    max_sentences: int = 128
+    # at most max_sentences sentences; sentences are sorted by length first. 0 = auto: 4000 and
+    # 128 on a CPU; on a GPU sized by its free memory (and the actor's share of it): 4096 to
+    # 65536 tokens, 128 to 1024 sentences. A batch out of GPU memory is halved, and later
+    # batches stay at most half its size.
+    max_tokens: int = 0
+    max_sentences: int = 0
     # Longer sentences (SentencePiece tokens) are cut into pieces of this size, each translated
     # on its own, and flagged; the model never saw longer inputs in training (prepare's max_len).
     max_input_tokens: int = 250
     use_gpu: bool = False
+    # How long to wait for an autoscaler to add what the translator actors (evaluate: its one
+    # GPU task) need before refusing; a cluster that cannot grow is refused at once.
+    wait_for_workers_s: float = 600.0
     # Local paths on a cluster of several nodes are refused unless mounted on every node.
     shared_fs: bool = False
     # bf16: autocast. auto: bf16 on GPUs that compute it natively (Ampere on), else fp32 (with
@@ -326,6 +344,11 @@ class DecodeConfig:
         if not self.model:
             raise ConfigError("needs --model URI (a checkpoint directory)")
         _check_bounds(self)  # a TranslateConfig's or EvaluateConfig's own settings too
+        if self.compute_type in GPU_COMPUTE_TYPES and not self.use_gpu:
+            raise ConfigError(
+                f"compute_type={self.compute_type} runs on a GPU only (CTranslate2 would quietly "
+                "compute float32 on a CPU): set use_gpu=true, or float32, int8 or int8_float32"
+            )
 
 
 @dataclass
@@ -343,7 +366,10 @@ class TranslateConfig(DecodeConfig):
     # Translator actors: "N" or "MIN,MAX" (the pool grows with the backlog).
     concurrency: str = "1"
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 1.0  # with use_gpu; fractions pack several actors on one GPU
+    # With use_gpu; fractions pack several actors on one GPU. Each torch actor's allocator is
+    # capped at 0.95 x its share, so actors cannot take each other's memory; CTranslate2 has no
+    # such cap (its actors on one GPU rely on halving a batch that runs out of memory).
+    gpus_per_actor: float = 1.0
     # Work is cut into pieces of about this many input bytes (JSONL lines, Parquet row groups,
     # text files): the unit of retry and of resuming an interrupted run.
     piece_mb: float = 4.0
@@ -497,10 +523,11 @@ _BOUNDS: dict[type, dict[str, Bounds]] = {
         # is 10x its source, or more than 1000 tokens past it.
         "max_len_a": Bounds(0, 10),
         "max_len_b": Bounds(0, 1000),
-        "max_tokens": _COUNT,
-        "max_sentences": _COUNT,
+        "max_tokens": _NON_NEGATIVE,  # 0: auto (sized for the device)
+        "max_sentences": _NON_NEGATIVE,
         "max_input_tokens": _COUNT,
         "torch_threads": _NON_NEGATIVE,
+        "wait_for_workers_s": Bounds(0, 86_400),  # as for training
     },
     TranslateConfig: {
         "cpus_per_actor": _POSITIVE,

@@ -13,15 +13,16 @@ import os
 import time
 
 import pyarrow.compute as pc
+import ray
 import sacrebleu
 import torch
 
-from s2s import storage
+from s2s import cluster, storage
 from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.shards import read_shard
-from s2s.translator import Translator
+from s2s.translator import DocumentResult, Translator, model_id
 
 __all__ = ["evaluate", "load_pairs", "score"]
 
@@ -74,17 +75,21 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    """Translate the sources, score against the references; the report as a dict (JSON-able)."""
+    """Translate the sources, score against the references; the report as a dict (JSON-able).
+
+    With ``use_gpu`` the decoding runs in a Ray task that holds a GPU (under ``ray job submit``
+    the driver runs on the head node, which has none); the driver reads the pairs, scores and
+    writes, so only the model must be reachable from the GPU node.
+    """
     cfg.validate()
-    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
     sources, references = load_pairs(cfg.data, cfg.split, cfg.limit)
-    translator = Translator(cfg)  # checks the model directory whole: one line if damaged
-    started = time.time()
-    results = translator.translate_documents(sources)
-    seconds = time.time() - started
+    if cfg.use_gpu:
+        results, model, seconds = _decode_on_gpu(cfg, sources)
+    else:
+        results, model, seconds = _decode(cfg, sources)
     hypotheses = [r.translation or "" for r in results]
     report = {
-        "model": translator.model_id,
+        "model": model,
         "data": cfg.data,
         "split": cfg.split,
         "sentences": len(sources),
@@ -106,3 +111,25 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             "".join(h + "\n" for h in hypotheses).encode(),
         )
     return report
+
+
+def _decode(cfg: EvaluateConfig, sources: list[str]) -> tuple[list[DocumentResult], str, float]:
+    """(results, model id, seconds) of translating ``sources`` here, as the job would."""
+    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+    translator = Translator(cfg)  # checks the model directory whole: one line if damaged
+    started = time.time()
+    results = translator.translate_documents(sources)
+    return results, translator.model_id, time.time() - started
+
+
+def _decode_on_gpu(
+    cfg: EvaluateConfig, sources: list[str]
+) -> tuple[list[DocumentResult], str, float]:
+    """:func:`_decode` in a Ray task that holds a GPU; refused up front, with the numbers, on a
+    cluster that has none and cannot grow one within ``wait_for_workers_s``."""
+    model_id(cfg)  # a damaged model is one line here, not a failed task
+    place = cluster.check_local_paths([cfg.model], cfg.shared_fs)
+    cluster.connect()
+    cluster.wait_for_capacity({"GPU": 1, "CPU": 1}, 1, "evaluate --gpu", cfg.wait_for_workers_s)
+    task = ray.remote(_decode).options(num_gpus=1, num_cpus=1, max_retries=0, **place)
+    return ray.get(task.remote(cfg, sources))

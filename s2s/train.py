@@ -37,7 +37,7 @@ from ray.train import (
 )
 
 from s2s import cluster, storage
-from s2s.batching import collate
+from s2s.batching import collate, prefetch, to_device
 from s2s.checkpoint import (
     list_checkpoints,
     restore_training,
@@ -45,6 +45,7 @@ from s2s.checkpoint import (
     validate_checkpoint,
 )
 from s2s.config import ConfigError, TrainConfig
+from s2s.device import autocast, enable_tf32, resolve_precision
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
@@ -156,22 +157,42 @@ def _train_worker(config: dict) -> None:
     if not cfg.use_gpu:
         torch.set_num_threads(cfg.torch_threads or _node_cores(ctx.get_local_world_size()))
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    # On the device before the optimizer exists: its state, restored below, lands there too.
-    model = build_model(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": None, "bad_evals": 0}
     restored = ray.train.get_checkpoint()
-    if restored is not None:
+    if restored is None:
+        model, optimizer, state = build_training(cfg, device)
+    else:
         with restored.as_directory() as directory:
-            state = restore_training(directory, model, optimizer)
-        state["resumed_from"] = [*state.get("resumed_from", []), state["step"]]
-    ddp = ray.train.torch.prepare_model(model)
+            model, optimizer, state = build_training(cfg, device, directory)
+    # The model is on its device already; DDP need not re-send the constant buffers (the
+    # sinusoidal position table) to every rank before every forward pass.
+    ddp = ray.train.torch.prepare_model(
+        model, move_to_device=False, parallel_strategy_kwargs={"broadcast_buffers": False}
+    )
     plan = EpochPlan(
         cfg.data, config["shards"], cfg.shuffle, cfg.shuffle_buffer, cfg.max_tokens, cfg.seed
     )
     loop = _Loop(cfg, config, model, ddp, optimizer, state, rank, world, device)
     loop.run(plan)
+
+
+def build_training(
+    cfg: TrainConfig, device: torch.device, checkpoint: str | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
+    """(model, optimizer, trainer state) on ``device``, fresh or restored from ``checkpoint``.
+
+    The order matters on a GPU: the model goes to its device *before* the optimizer exists and
+    its state is restored, so that ``load_state_dict`` puts every moment estimate next to its
+    parameter. (Restored first and moved after, the state would stay on the CPU and the first
+    ``optimizer.step()`` would meet tensors on two devices.)
+    """
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": None, "bad_evals": 0}
+    if checkpoint is not None:
+        state = restore_training(checkpoint, model, optimizer)
+        state["resumed_from"] = [*state.get("resumed_from", []), state["step"]]
+    return model, optimizer, state
 
 
 def _node_cores(workers_on_node: int) -> int:
@@ -213,11 +234,14 @@ class _Loop:
         self.metrics = (
             read_metrics(cfg.output, state["step"]) if rank == 0 and state["step"] else []
         )
-        self.precision = _resolve_precision(cfg.precision, device)
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else contextlib.nullcontext()
+        self.precision = resolve_precision(cfg.precision, device)
+        if self.precision == "fp32":
+            enable_tf32(device)
+        self.autocast = autocast(self.precision, device)
+        # Control collectives (the clock) on the CPU: under NCCL a GPU tensor would make every
+        # step wait for the device to drain before the host could read the agreed value.
+        self.control = (
+            dist.new_group(backend="gloo") if world > 1 and dist.get_backend() == "nccl" else None
         )
         if rank == 0:
             logger.info(
@@ -232,7 +256,7 @@ class _Loop:
         """What a log line averages over: this rank's loss sums (on the device) and tokens, and
         the target tokens of all workers."""
         zero = torch.zeros((), device=self.device)
-        return {"loss": zero, "nll": zero.clone(), "tokens": 0, "tokens_all": 0,
+        return {"loss": zero, "nll": zero.clone(), "tokens": zero.clone(), "tokens_all": 0,
                 "time": time.perf_counter()}  # fmt: skip
 
     def run(self, plan: EpochPlan) -> None:
@@ -240,11 +264,11 @@ class _Loop:
         while not self._done():
             epoch = steps(plan.batches(state["epoch"]), self.per_step, state["batch_in_epoch"])
             trained = False
-            for group in epoch:
+            for group, share in prefetch(epoch, self._share, ahead=self.device.type == "cuda"):
                 self.elapsed = self._agreed_elapsed()
                 if self._done():  # the time budget ran out: every rank stops at this step
                     break
-                self._train_step(group)
+                self._train_step(group, share)
                 trained = True
             else:  # the epoch is over
                 if not trained and not state["batch_in_epoch"]:
@@ -257,10 +281,14 @@ class _Loop:
         if state["step"] > self.reported_step:  # a budget or max_epochs ended it: report the end
             self._report(evaluate=True)
 
-    def _train_step(self, group: list[list]) -> None:
+    def _share(self, group: list[list]) -> list[dict[str, torch.Tensor]]:
+        """This rank's batches of a step, collated and on their way to the device."""
+        return [to_device(collate(b), self.device) for b in group[self.rank :: self.world]]
+
+    def _train_step(self, group: list[list], share: list[dict[str, torch.Tensor]]) -> None:
         """Train on one step's batches, then log, evaluate and checkpoint when due."""
         cfg = self.cfg
-        self._step(group)
+        self._step(group, share)
         self.state["batch_in_epoch"] += len(group)
         step = self.state["step"]
         if step % cfg.log_every == 0:
@@ -275,8 +303,8 @@ class _Loop:
         budget stops them at the same step and a time-based schedule gives the same rate."""
         elapsed = time.perf_counter() - self.start
         if self.world > 1:
-            clock = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
-            dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+            clock = torch.tensor([elapsed], dtype=torch.float64)  # on the CPU: see self.control
+            dist.all_reduce(clock, op=dist.ReduceOp.MAX, group=self.control)
             elapsed = float(clock)
         return elapsed
 
@@ -300,11 +328,13 @@ class _Loop:
             done.append(self.elapsed / (60 * cfg.max_time_min))
         return max(done, default=0.0)
 
-    def _step(self, group: list[list]) -> None:
+    def _step(self, group: list[list], share: list[dict[str, torch.Tensor]]) -> None:
         """One optimizer step over the step's ``group`` of batches; this rank trains on its
-        share. Every rank sees the whole group, so the step's target token count needs no
-        communication: the loss is normalised by it, and DDP's average of the gradients then
-        equals the gradient of the whole step's loss, however the batches are shared."""
+        ``share`` (already on the device). Every rank sees the whole group, so the step's target
+        token count needs no communication: the loss is normalised by it, and DDP's average of
+        the gradients then equals the gradient of the whole step's loss, however the batches
+        are shared. Nothing here reads a number back from the device: a GPU runs ahead until a
+        log line asks for the loss."""
         cfg, step = self.cfg, self.state["step"]
         if self.rank == 0:
             self.digest.update(group)
@@ -315,14 +345,11 @@ class _Loop:
         # Dropout masks depend on (seed, step, rank) alone: a resumed run repeats them.
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + self.rank)
         self.ddp.train()
-        share = [collate(b) for b in group[self.rank :: self.world]]
         for i, batch in enumerate(share):
             sync = i == len(share) - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast:
-                logits = self.ddp(batch["src"].to(self.device), batch["tgt_in"].to(self.device))
-                loss, nll, n = label_smoothed_loss(
-                    logits, batch["tgt_out"].to(self.device), cfg.label_smoothing
-                )
+                logits = self.ddp(batch["src"], batch["tgt_in"])  # (B, T, V)
+                loss, nll, n = label_smoothed_loss(logits, batch["tgt_out"], cfg.label_smoothing)
             (loss * scale).backward()
             self.window["loss"] += loss.detach().float()  # no device sync until a log line
             self.window["nll"] += nll.detach().float()
@@ -338,7 +365,7 @@ class _Loop:
 
     def _log(self) -> None:
         w, now = self.window, time.perf_counter()
-        tokens = max(w["tokens"], 1)
+        tokens = max(float(w["tokens"]), 1.0)  # the one read from the device per log line
         elapsed = self.elapsed
         step = self.state["step"]
         rate = w["tokens_all"] / max(now - w["time"], 1e-9)
@@ -384,7 +411,7 @@ class _Loop:
                     batch["tgt_out"].to(self.device),
                     0.0,
                 )
-                nll, tokens = nll + float(part), tokens + n
+                nll, tokens = nll + float(part), tokens + int(n)
                 hyps += self.tokenizer.decode(greedy_search(model, src))
         refs = [r for _, _, r in self.valid]
         return {
@@ -445,16 +472,3 @@ class _Loop:
         gathered = [torch.zeros_like(checksum) for _ in range(self.world)]
         dist.all_gather(gathered, checksum)
         return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware computes it natively (CUDA GPUs with bf16; CPUs with
-    AVX512-BF16 or AMX, where it measured 1.4x faster), fp32 elsewhere (emulated bf16 is slow)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:  # private but long-standing helpers; absent ones count as "no"
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return "bf16" if native else "fp32"

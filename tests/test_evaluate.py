@@ -79,3 +79,29 @@ def test_evaluate_a_prepared_split_from_the_command_line(
     with pytest.raises(ConfigError, match=r"bad.tsv:1: missing_tab"):
         (tmp_path / "bad.tsv").write_text("just a source\n")
         evaluate(EvaluateConfig(model=toy_checkpoint, data=str(tmp_path / "bad.tsv")))
+
+
+def test_gpu_evaluation_is_refused_up_front_on_a_cluster_without_gpus(
+    ray_local, toy_checkpoint, pairs, tmp_path
+):
+    """--gpu decodes in a Ray task holding a GPU (not in the driver, which under `ray job submit`
+    runs on a head without one); where the cluster has none and cannot grow, one line at once."""
+    real = tmp_path / "real.tsv"
+    real.write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
+    cfg = EvaluateConfig(model=toy_checkpoint, data=str(real), use_gpu=True, wait_for_workers_s=5)
+    with pytest.raises(
+        ConfigError, match=r"evaluate --gpu needs 1 GPU, 1 CPU; the cluster has 0 GPU"
+    ):
+        evaluate(cfg)
+
+
+def test_pipeline_gpu_flag_moves_evaluation_and_translation_to_gpus():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "pipeline.py"
+    spec = importlib.util.spec_from_file_location("pipeline_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    cfg = job.config_from_args(["--corpus", "c.tsv", "--docs", "d/", "--output", "o/", "--gpu"])
+    assert cfg.train.use_gpu and cfg.evaluate.use_gpu and cfg.translate.use_gpu

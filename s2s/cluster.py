@@ -89,8 +89,14 @@ def _autoscaler_running() -> bool:
         return False
 
 
+_TRAIN_FIX = (
+    "lower the number of workers or their resources, or give a range (workers=1-N) to train on "
+    "what is there"
+)
+
+
 def wait_for_capacity(
-    per_worker: dict[str, float], count: int, what: str, timeout_s: float
+    per_worker: dict[str, float], count: int, what: str, timeout_s: float, fix: str = _TRAIN_FIX
 ) -> None:
     """Return once the cluster holds ``count`` times ``per_worker`` resources in total, or
     refuse with the numbers.
@@ -101,7 +107,7 @@ def wait_for_capacity(
     * otherwise ask the autoscaler for the resources and wait at most ``timeout_s``.
 
     Raises:
-        ConfigError: naming ``what`` needs, what the cluster has, and what to change.
+        ConfigError: naming ``what`` needs, what the cluster has, and what to change (``fix``).
     """
     per_worker = {k: v for k, v in per_worker.items() if v > 0}
     need = {k: v * count for k, v in per_worker.items()}
@@ -118,10 +124,7 @@ def wait_for_capacity(
     def refuse(reason: str) -> ConfigError:
         short = ", ".join(f"{v:g} {k}" for k, v in need.items())
         has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need)
-        return ConfigError(
-            f"{what} needs {short}; the cluster has {has} and {reason}: lower the number of "
-            "workers or their resources, or give a range (workers=1-N) to train on what is there"
-        )
+        return ConfigError(f"{what} needs {short}; the cluster has {has} and {reason}: {fix}")
 
     if maximum is not None and any(maximum.get(k, 0) < v for k, v in need.items()):
         raise refuse(f"its autoscaler can grow it to {maximum}")

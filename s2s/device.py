@@ -10,7 +10,9 @@ import contextlib
 
 import torch
 
-__all__ = ["native_bf16", "resolve_precision", "autocast", "enable_tf32"]
+__all__ = [
+    "native_bf16", "resolve_precision", "autocast", "enable_tf32", "memory_fraction", "cap_memory",
+]  # fmt: skip
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -50,3 +52,27 @@ def enable_tf32(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# A process's share of a GPU that its caching allocator may fill: the rest of the share is for
+# what the allocator does not count (the CUDA context, cuBLAS and cuDNN workspaces, ~0.5-1 GiB).
+SHARED_GPU_HEADROOM = 0.95
+
+
+def memory_fraction(gpus: float) -> float | None:
+    """The fraction of a GPU's memory a process granted ``gpus`` of it (Ray's ``num_gpus``) may
+    allocate, or None for a whole GPU (no cap). Two processes at 0.5 get 0.475 each, so together
+    they stay below the device's memory and neither can take the other's share."""
+    return None if gpus >= 1 else gpus * SHARED_GPU_HEADROOM
+
+
+def cap_memory(gpus: float, device: torch.device) -> float | None:
+    """Cap this process's CUDA caching allocator at its share of ``device`` (see
+    :func:`memory_fraction`); an allocation past it raises ``torch.cuda.OutOfMemoryError`` here
+    instead of starving a neighbour. Call before loading the model. The fraction set, or None
+    (a whole GPU, a CPU). CTranslate2 allocates outside torch: nothing caps it."""
+    fraction = memory_fraction(gpus)
+    if device.type != "cuda" or fraction is None:
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction

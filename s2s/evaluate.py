@@ -130,6 +130,7 @@ def _decode_on_gpu(
     model_id(cfg)  # a damaged model is one line here, not a failed task
     place = cluster.check_local_paths([cfg.model], cfg.shared_fs)
     cluster.connect()
-    cluster.wait_for_capacity({"GPU": 1, "CPU": 1}, 1, "evaluate --gpu", cfg.wait_for_workers_s)
+    need, fix = {"GPU": 1, "CPU": 1}, "add a GPU node, or evaluate on the CPU (without --gpu)"
+    cluster.wait_for_capacity(need, 1, "evaluate --gpu", cfg.wait_for_workers_s, fix)
     task = ray.remote(_decode).options(num_gpus=1, num_cpus=1, max_retries=0, **place)
     return ray.get(task.remote(cfg, sources))

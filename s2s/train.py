@@ -365,15 +365,17 @@ class _Loop:
 
     def _log(self) -> None:
         w, now = self.window, time.perf_counter()
-        tokens = max(float(w["tokens"]), 1.0)  # the one read from the device per log line
+        # The one read from the device per log line (each read waits for the device to drain).
+        loss, nll, tokens = torch.stack([w["loss"], w["nll"], w["tokens"]]).tolist()
+        tokens = max(tokens, 1.0)
         elapsed = self.elapsed
         step = self.state["step"]
         rate = w["tokens_all"] / max(now - w["time"], 1e-9)
         line = {
             "step": step,
             "epoch": self.state["epoch"],
-            "loss": round(float(w["loss"]) / tokens, 4),
-            "ppl": round(math.exp(min(float(w["nll"]) / tokens, 50)), 2),
+            "loss": round(loss / tokens, 4),
+            "ppl": round(math.exp(min(nll / tokens, 50)), 2),
             "lr": self.lr,
             "workers": self.world,
             "tgt_tokens_per_s": round(rate),
@@ -438,8 +440,8 @@ class _Loop:
                 self.state["best_bleu"] = bleu if better else self.state["best_bleu"]
                 self.state["bad_evals"] = 0 if better else self.state["bad_evals"] + 1
         if self.world > 1:  # every rank must agree on early stopping
-            flags = torch.tensor([self.state["bad_evals"]], device=self.device)
-            dist.broadcast(flags, src=0)
+            flags = torch.tensor([self.state["bad_evals"]])  # on the CPU: see self.control
+            dist.broadcast(flags, src=0, group=self.control)
             self.state["bad_evals"] = int(flags)
         if self.rank != 0:
             ray.train.report(metrics)

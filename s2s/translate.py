@@ -401,6 +401,12 @@ def _run_pieces(
 ) -> Iterator[dict]:
     """One summary per piece, as the translator pool finishes it."""
     min_actors, max_actors = cfg.actor_pool()
+    # Ray Data would wait forever for actors the cluster cannot place (a --gpu job on a cluster
+    # without GPUs): refuse up front, or give an autoscaler wait_for_workers_s to add them.
+    per_actor = {"CPU": cfg.cpus_per_actor, "GPU": cfg.gpus_per_actor if cfg.use_gpu else 0}
+    what = f"translate with {min_actors} translator actor(s)"
+    fix = "lower the pool's minimum (concurrency=MIN,MAX) or the actors' resources"
+    cluster.wait_for_capacity(per_actor, min_actors, what, cfg.wait_for_workers_s, fix)
     dataset = ray.data.from_items(
         [{"pieces": item} for item in items], override_num_blocks=len(items)
     ).map_batches(
@@ -450,7 +456,8 @@ class _PieceTranslator:
 
     def _load(self, model_id: str) -> Translator:
         torch.set_num_threads(self.cfg.torch_threads or max(1, math.floor(self.cfg.cpus_per_actor)))
-        translator = Translator(self.cfg)
+        # A fraction of a GPU (several actors on one): torch's allocator is capped at it.
+        translator = Translator(self.cfg, gpu_share=self.cfg.gpus_per_actor)
         if translator.model_id != model_id:
             raise RuntimeError(
                 f"{self.cfg.model} changed during the run ({model_id} -> {translator.model_id})"

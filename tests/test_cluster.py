@@ -147,6 +147,19 @@ def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     assert f"Job '{job_id}' failed" in plain and "exit code 2" in plain, plain
     assert f"s2s: error: {bucket}/no-model: not a complete checkpoint" in plain, plain
 
+    # The CronJob's submitter exits with the job's own status (`ray job submit` turns every
+    # failure into 1): 2 here, refused before work, which Kubernetes must not retry.
+    via_wrapper = [
+        str(BIN / "python"), str(REPO / "cluster" / "submit.py"), "--address", address,
+        "--group", "nightly", "--poll", "1", "--", str(BIN / "python"),
+        str(REPO / "jobs" / "translate.py"), "--model", f"{bucket}/no-model",
+        "--input", f"{bucket}/inbox", "--output", f"{bucket}/out3",
+    ]  # fmt: skip
+    job = subprocess.run(via_wrapper, env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 2, job.stdout[-2000:] + job.stderr[-2000:]
+    assert f"{bucket}/no-model: not a complete checkpoint" in job.stdout, job.stdout[-2000:]
+    assert "driver exit code 2 (exit 2)" in job.stderr, job.stderr[-2000:]
+
     # Without the token the head refuses the client: the trap the README warns about.
     no_token = {**env, "RAY_AUTH_TOKEN_PATH": str(Path(env["HOME"]) / "missing")}
     refused = subprocess.run(

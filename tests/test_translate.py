@@ -369,3 +369,23 @@ def test_finishing_an_input_twice_changes_nothing(tmp_path):
     os.remove(sources[0].output)
     with pytest.raises(storage.StorageError, match="not found"):
         finish_input(sources[0], plan_pieces(0, sources[0], out, "settings", 60), "jsonl")
+
+
+def test_gpu_actors_are_refused_up_front_on_a_cluster_without_gpus(
+    ray_local, toy_checkpoint, tmp_path
+):
+    """Ray Data would wait forever for translator actors the cluster cannot place: a --gpu job
+    on a cluster without GPUs (and no autoscaler) is refused at once, with the numbers, and
+    writes no translation."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text(json.dumps({"id": "1", "text": "Quit"}) + "\n")
+    cfg = TranslateConfig(
+        model=toy_checkpoint, input=str(inbox), output=str(tmp_path / "out"), use_gpu=True,
+        gpus_per_actor=0.5, concurrency="2", wait_for_workers_s=5,
+    )  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"2 translator actor\(s\) needs 2 CPU, 1 GPU"):
+        translate(cfg)
+    assert time.monotonic() - started < 60
+    assert not list((tmp_path / "out").glob("*.jsonl"))

@@ -45,10 +45,11 @@ from s2s.config import (
     model_preset,
     train_config,
 )
-from s2s.evaluate import evaluate, load_pairs, score
+from s2s.evaluate import evaluate, load_pairs
 from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
 from s2s.runlog import read_metrics
+from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from s2s.train import train

@@ -36,7 +36,7 @@ from procmem import PeakSampler, largest_rss
 
 from s2s.checkpoint import save_checkpoint
 from s2s.config import TranslateConfig, model_preset
-from s2s.export import export_ctranslate2
+from s2s.engines.ctranslate2 import export_ctranslate2
 from s2s.models import build_model
 from s2s.search import beam_search, greedy_search
 from s2s.segment import split_document
@@ -250,7 +250,7 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
             " ".join(sentences[len(text) % len(sentences) : len(text) % len(sentences) + 5])
         )
     (big / "doc.txt").write_text("\n\n".join(text))
-    with PeakSampler(lambda: largest_rss("_PieceTranslator")) as peak:
+    with PeakSampler(lambda: largest_rss("PieceTranslator")) as peak:
         big_summary = translate(
             TranslateConfig(
                 model=str(ckpt), beam=1, torch_threads=THREADS, input=str(big),

@@ -849,7 +849,7 @@ class Check:
             release(self.device)
 
     def decode(self) -> dict:
-        from s2s.export import export_ctranslate2
+        from s2s.engines.ctranslate2 import export_ctranslate2
 
         checkpoint, source = self._checkpoint()
         sentences = held_out_sentences(self.data, self.sizes.decode_sentences)

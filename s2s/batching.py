@@ -62,7 +62,8 @@ def _cut(buffer: list[Example], max_tokens: int, rng: random.Random) -> list[lis
     buffer.sort(key=_cost)
     batches, batch, longest = [], [], 0
     for example in buffer:
-        width = max(longest, _cost(example))
+        width = max(longest, _cost(example))  # the batch's padded width if this one joins
+        # Close the batch when adding this example would take it over the budget.
         if batch and width * (len(batch) + 1) > max_tokens:
             batches.append(batch)
             batch, width = [], _cost(example)
@@ -70,6 +71,7 @@ def _cut(buffer: list[Example], max_tokens: int, rng: random.Random) -> list[lis
         longest = width
     if batch:
         batches.append(batch)
+    # Unshuffled, a buffer's batches would run from the shortest sentences to the longest.
     rng.shuffle(batches)
     return batches
 
@@ -78,6 +80,7 @@ def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
     """Pad a batch into tensors: ``src`` (B, S) ends with eos; ``tgt_in`` (B, T) starts with bos;
     ``tgt_out`` (B, T) is ``tgt_in`` shifted left, ending with eos; pad id 0 everywhere else."""
     size = len(batch)
+    # + 1 column: the eos after the longest source, the bos/eos around the longest target.
     src = np.full((size, max(len(s) for s, _ in batch) + 1), PAD_ID, np.int64)
     tgt_in = np.full((size, max(len(t) for _, t in batch) + 1), PAD_ID, np.int64)
     tgt_out = tgt_in.copy()
@@ -117,6 +120,8 @@ def prefetch(items: Iterable[T], prepare: Callable[[T], U], ahead: bool) -> Iter
         pending = [(item, pool.submit(prepare, item)) for item in _first(iterator)]
         while pending:
             item, future = pending.pop()
+            # Submit the next item before waiting on this one: it is prepared while the caller
+            # works on this one.
             pending = [(nxt, pool.submit(prepare, nxt)) for nxt in _first(iterator)]
             yield item, future.result()
 

@@ -5,7 +5,7 @@ Contract (shared/DESIGN.md)::
     model.safetensors    weights of the unwrapped model, no pickled code
     config.yaml          the ModelConfig that rebuilds it
     tokenizer.model      the SentencePiece model it was trained with
-    trainer_state.json   step, epoch, best metric, data position, ...
+    trainer_state.json   step, epoch, best metric, data position, ... (:class:`TrainerState`)
     optimizer.pt         optimizer state, loaded with weights_only=True
 
 Loading for translation needs neither Ray nor the training code.
@@ -13,12 +13,15 @@ Loading for translation needs neither Ray nor the training code.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
 import json
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import yaml
@@ -29,10 +32,11 @@ from torch import nn
 from s2s import storage
 from s2s.config import ConfigError, ModelConfig, from_dict
 from s2s.models import build_model
-from s2s.tokenizer import Tokenizer
+from s2s.tokenizer import TOKENIZER_FILE, Tokenizer
 
 __all__ = [
     "Checkpoint",
+    "TrainerState",
     "save_checkpoint",
     "load_checkpoint",
     "validate_checkpoint",
@@ -46,7 +50,7 @@ __all__ = [
 WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
     "model.safetensors",
     "config.yaml",
-    "tokenizer.model",
+    TOKENIZER_FILE,
     "trainer_state.json",
     "optimizer.pt",
 )
@@ -55,11 +59,96 @@ _RAY_CHECKPOINTS = "checkpoint_manager_snapshot.json"
 
 
 @dataclass
+class TrainerState(Mapping):
+    """Where a run stands: what ``trainer_state.json`` holds and a resumed run restarts from.
+
+    The file is the contract (shared/DESIGN.md); this class is its only reader and writer. Reading
+    is tolerant both ways: a key an older file lacks takes its default here, and a key this
+    version does not know is kept in ``extra`` and written back as it was read, so loading and
+    saving a state never loses what another version of s2s (or a person) put there. The file
+    leaves out ``resumed_from`` and ``averaged_from`` while they are empty: their absence means
+    "never resumed" and "not an average". Keys are written in the order of the fields (the order
+    training has always written them), then the ``extra`` ones.
+
+    For code written when the trainer state was a dict, it also reads as a read-only mapping of
+    the file's keys: ``state["step"]``, ``"resumed_from" in state``, ``{**state}``. (Equality is
+    the dataclass's: a TrainerState never equals a dict.)
+    """
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch trained on, all workers together
+    best_bleu: float | None = None  # the best validation BLEU so far; None before the first
+    bad_evals: int = 0  # evaluations in a row without a better BLEU (what patience counts)
+    tgt_tokens_seen: int = 0  # target tokens trained on, all workers, since step 0
+    elapsed_s: float = 0.0  # training seconds, over every session of the run (time budgets)
+    data_digest: str = ""  # hash chain of every step's token ids (s2s.sampler.DataDigest)
+    resumed_from: list[int] = field(default_factory=list)  # the step of each restart
+    averaged_from: list[str] = field(default_factory=list)  # the URIs a mean was taken of
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    # Omitted from the file while empty (see the class docstring).
+    _OPTIONAL = ("resumed_from", "averaged_from")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``trainer_state.json`` (a fresh copy)."""
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        extra = data.pop("extra")
+        for name in self._OPTIONAL:
+            if not data[name]:
+                del data[name]
+        return {**data, **extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainerState:
+        """Read a trainer state's JSON object: missing keys take their defaults, unknown ones go
+        to ``extra``.
+
+        Raises:
+            TypeError: if ``data`` is not a mapping (a file holding a JSON list, say).
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a trainer state is a JSON object, not {type(data).__name__}")
+        data = copy.deepcopy(dict(data))  # the state shares no list with the caller's object
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        state.extra = {k: v for k, v in data.items() if k not in known}
+        return state
+
+    def to_json(self) -> str:
+        """The text of ``trainer_state.json``. It round-trips: for any state ``s``,
+        ``TrainerState.from_json(s.to_json()) == s`` and so gives ``s.to_json()`` again."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TrainerState:
+        """Parse the text of ``trainer_state.json`` (see :meth:`from_dict`).
+
+        Raises:
+            ValueError: if ``text`` is not JSON.
+            TypeError: if it is not a JSON object.
+        """
+        return cls.from_dict(json.loads(text))
+
+    # The read-only mapping view, over the keys of the file.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+@dataclass
 class Checkpoint:
+    """A checkpoint loaded for use: the model rebuilt in eval mode, and what came with it."""
+
     model: nn.Module
     model_config: ModelConfig
     tokenizer: Tokenizer
-    trainer_state: dict
+    trainer_state: TrainerState
     model_id: str  # "<directory name>@step<N>:<sha256 of the weights, 12 hex>"
 
 
@@ -68,14 +157,18 @@ def save_checkpoint(
     model: nn.Module,
     model_config: ModelConfig,
     tokenizer_proto: bytes,
-    trainer_state: dict,
+    trainer_state: TrainerState | Mapping[str, Any],
     optimizer_state: dict | None = None,
 ) -> None:
     """Write a checkpoint directory; ``trainer_state.json`` goes last and marks it complete.
 
     Args:
         model: the *unwrapped* module (not the DDP wrapper), so names carry no ``module.``.
+        trainer_state: the run's state; a plain dict (``{"step": 0}``) is read as
+            :meth:`TrainerState.from_dict` reads one.
     """
+    if not isinstance(trainer_state, TrainerState):
+        trainer_state = TrainerState.from_dict(trainer_state)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     storage.write_bytes(storage.join(uri, WEIGHTS), save_safetensors(weights))
     config = {"model": dataclasses.asdict(model_config)}
@@ -85,7 +178,7 @@ def save_checkpoint(
         buffer = io.BytesIO()
         torch.save(optimizer_state, buffer)
         storage.write_bytes(storage.join(uri, OPTIMIZER), buffer.getvalue())
-    storage.write_bytes(storage.join(uri, STATE), json.dumps(trainer_state, indent=2).encode())
+    storage.write_bytes(storage.join(uri, STATE), trainer_state.to_json().encode())
 
 
 def load_weights(uri: str, model: nn.Module) -> None:
@@ -93,13 +186,17 @@ def load_weights(uri: str, model: nn.Module) -> None:
     model.load_state_dict(load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS))))
 
 
-def restore_training(uri: str, model: nn.Module, optimizer) -> dict:
+def restore_training(uri: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
     """Put a run back where a checkpoint left it; return its trainer state (which holds what
     the learning rate follows: step and elapsed time)."""
     load_weights(uri, model)
     saved = load_optimizer_state(uri)
     optimizer.load_state_dict(saved["optimizer"])
-    return json.loads(storage.read_bytes(storage.join(uri, STATE)))
+    return _read_state(uri)
+
+
+def _read_state(checkpoint: str) -> TrainerState:
+    return TrainerState.from_json(storage.read_bytes(storage.join(checkpoint, STATE)))
 
 
 def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
@@ -127,7 +224,7 @@ def validate_checkpoint(uri: str) -> str:
     return _model_id(uri, state, weights)
 
 
-def _read_checked(uri: str) -> tuple[ModelConfig, dict, bytes, Tokenizer]:
+def _read_checked(uri: str) -> tuple[ModelConfig, TrainerState, bytes, Tokenizer]:
     """(model config, trainer state, weights, tokenizer) of a checkpoint, read once and checked:
     every file present, the config a valid ModelConfig, the weights a whole safetensors file whose
     tensor names and shapes are those of the model the config builds (built on the meta device:
@@ -143,7 +240,7 @@ def _read_checked(uri: str) -> tuple[ModelConfig, dict, bytes, Tokenizer]:
     try:
         config = yaml.safe_load(storage.read_bytes(files[CONFIG]))
         model_config = from_dict(ModelConfig, config["model"], where="model.")
-        state = json.loads(storage.read_bytes(files[STATE]))
+        state = TrainerState.from_json(storage.read_bytes(files[STATE]))
     except (yaml.YAMLError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{uri}: unreadable {CONFIG} or {STATE}: {err}") from None
     weights = storage.read_bytes(files[WEIGHTS])
@@ -188,9 +285,9 @@ def _safetensors_shapes(data: bytes, where: str) -> dict[str, list[int]]:
     return {name: list(t["shape"]) for name, t in header.items()}
 
 
-def _model_id(uri: str, state: dict, weights: bytes) -> str:
+def _model_id(uri: str, state: TrainerState, weights: bytes) -> str:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    return f"{name}@step{state.get('step', 0)}:{hashlib.sha256(weights).hexdigest()[:12]}"
+    return f"{name}@step{state.step}:{hashlib.sha256(weights).hexdigest()[:12]}"
 
 
 def load_optimizer_state(uri: str) -> dict | None:
@@ -221,8 +318,7 @@ def list_checkpoints(run: str) -> list[tuple[int, str]]:
         directory = ref.uri.rsplit("/", 1)[0]
         if registered is not None and directory.rsplit("/", 1)[1] not in registered:
             continue
-        step = json.loads(storage.read_bytes(ref.uri)).get("step", 0)
-        found.append((step, directory))
+        found.append((TrainerState.from_json(storage.read_bytes(ref.uri)).step, directory))
     return sorted(found)
 
 
@@ -250,7 +346,7 @@ def average_checkpoints(run: str, last: int, output: str) -> list[str]:
         storage.write_bytes(
             storage.join(output, name), storage.read_bytes(storage.join(newest, name))
         )
-    state = json.loads(storage.read_bytes(storage.join(newest, STATE)))
-    state["averaged_from"] = chosen
-    storage.write_bytes(storage.join(output, STATE), json.dumps(state, indent=2).encode())
+    state = _read_state(newest)  # the newest's step and history, and what it was averaged from
+    state.averaged_from = chosen
+    storage.write_bytes(storage.join(output, STATE), state.to_json().encode())
     return chosen

@@ -1,7 +1,9 @@
-"""The ``s2s`` command: one subcommand per stage, each a thin door to one library function.
+"""The ``s2s`` command: one subcommand per stage, each a thin door to one library function, and
+``s2s pipeline`` for all of them in turn.
 
-Settings come from the config dataclasses: defaults < ``--config FILE`` < flags < ``key=value``.
-Every field of a stage's config is also a flag (``vocab_size`` -> ``--vocab-size``). Exit codes
+Settings come from the config dataclasses through one loader (:func:`s2s.config.load_config`):
+defaults < ``--config FILE`` < flags < ``key=value``. Every field of a stage's config is also a flag
+(``vocab_size`` -> ``--vocab-size``). Exit codes
 (:mod:`s2s.exitcodes`): 0 done, 1 some inputs failed (listed last), 2 refused before work (one line
 naming the setting or file), 3 busy (another run writes the output), 70 internal error.
 """
@@ -14,7 +16,7 @@ import json
 import logging
 import sys
 import typing
-from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,12 +27,10 @@ from s2s.config import (
     PrepareConfig,
     TrainConfig,
     TranslateConfig,
-    apply_overrides,
-    from_dict,
     load_config,
-    train_config,
 )
 from s2s.exitcodes import INPUTS_FAILED, OK, run_guarded
+from s2s.pipeline import PipelineConfig, run_pipeline
 
 __all__ = ["main"]
 
@@ -41,6 +41,23 @@ _PREPARE_ALIASES = {
     "tgt_files": "tgt-file",
     "input_format": "format",
 }
+
+# `s2s pipeline`'s flags, each a setting of PipelineConfig (dotted: a stage's): the stages' inputs
+# and outputs, and the training settings most runs change. Everything else is key=value.
+_PIPELINE_FLAGS = [
+    ("--corpus", "corpus", {"action": "append", "help": "raw parallel text (repeatable)"}),
+    ("--docs", "docs", {"help": "documents to translate"}),
+    ("--output", "output", {"help": "root of prepared/, runs/, translations/"}),
+    ("--model", "train.preset", {"help": "model preset (transformer-small)"}),
+    ("--max-steps", "train.max_steps", {"type": int}),
+    ("--max-time", "train.max_time_min", {"type": float, "help": "minutes"}),
+    ("--workers", "train.workers", {"help": "N, or MIN-MAX (elastic)"}),
+    (
+        "--gpu",
+        "train.use_gpu",
+        {"action": "store_true", "default": None, "help": "train, evaluate and translate on GPUs"},
+    ),
+]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
@@ -68,15 +85,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, last word")
 
 
-def _config_from_args(cls: type, args: argparse.Namespace):
-    cfg = load_config(cls, args.config)
-    given = {
+def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """A stage's settings: defaults < ``--config FILE`` < flags < ``key=value``."""
+    return load_config(cls, args.config, args.overrides, _given_flags(cls, args))
+
+
+def _given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of ``cls`` given as flags (argparse leaves the others None)."""
+    return {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(cls)
         if getattr(args, f.name, None) is not None
     }
-    merged = {**dataclasses.asdict(cfg), **given}
-    return apply_overrides(from_dict(cls, merged), args.overrides)
 
 
 def _cmd_gettext(args: argparse.Namespace) -> None:
@@ -122,21 +142,30 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """defaults < preset < YAML (its `model:` section over the preset) < flags < key=value."""
-    data = {}
-    if args.resume:  # the run's own settings; flags and key=value may change the limits
-        data = yaml.safe_load(storage.read_bytes(storage.join(args.resume, "train_config.yaml")))
-        data["output"] = args.resume
-    elif args.config:
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-    flags = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if f.name != "model" and getattr(args, f.name, None) is not None
-    }
-    cfg = train_config({**data, **flags})
-    cfg = apply_overrides(cfg, args.overrides)
-    cfg.model.validate()
+    """As any stage's; with ``--resume RUN`` the run's saved settings stand in for ``--config``
+    (flags and key=value may still change them: the limits, most often)."""
+    if not args.resume:
+        return _config_from_args(TrainConfig, args)
+    saved = yaml.safe_load(storage.read_bytes(storage.join(args.resume, "train_config.yaml")))
+    flags = {**saved, "output": args.resume, **_given_flags(TrainConfig, args)}
+    return load_config(TrainConfig, None, args.overrides, flags)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    cfg = _pipeline_config_from_args(args)
+    report = run_pipeline(cfg)
+    print(format_pipeline_summary(report, cfg))
+    return INPUTS_FAILED if report["translate"]["inputs"]["failed_count"] else OK
+
+
+def _pipeline_config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """defaults < ``--config FILE`` < flags < ``key=value``, each stage's settings in its section;
+    a GPU for training (``--gpu``) means GPUs for every stage that computes with the model."""
+    flags = {key: getattr(args, key) for _, key, _ in _PIPELINE_FLAGS}
+    given = {key: value for key, value in flags.items() if value is not None}
+    cfg = load_config(PipelineConfig, args.config, args.overrides, given)
+    if cfg.train.use_gpu:
+        cfg.evaluate.use_gpu = cfg.translate.use_gpu = True
     return cfg
 
 
@@ -166,10 +195,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from s2s.export import export_ctranslate2
+    from s2s.engines.ctranslate2 import export_ctranslate2
 
     export_ctranslate2(args.model, args.output, args.quantization)
     print(f"{args.output}: CTranslate2 model of {args.model} (translate with --engine ctranslate2)")
+
+
+def format_pipeline_summary(report: dict, cfg: PipelineConfig) -> str:
+    """What each stage did (JSON), then where the results are; failed inputs last."""
+    translated = report["translate"]
+    stages = {k: v for k, v in report.items() if k != "translate"}
+    lines = [
+        json.dumps(stages, indent=2, default=str),
+        f"prepared     {cfg.prepare.output}",
+        f"checkpoint   {report['train']['checkpoint']}",
+        f"test BLEU    {report['evaluate']['bleu']} (chrF {report['evaluate']['chrf']})",
+        f"translations {cfg.translate.output}: {translated['rows_written']} documents written, "
+        f"{translated['inputs']['already_complete']} inputs already complete",
+    ]
+    lines += [f"FAILED {f['input']}: {f['error']}" for f in translated["inputs"]["failed"]]
+    return "\n".join(lines)
 
 
 def format_translate_summary(summary: dict) -> str:
@@ -277,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--last", type=int, default=3)
     average.add_argument("--output", required=True, help="checkpoint directory to write")
     average.set_defaults(func=_cmd_average)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="prepare -> train -> evaluate -> translate, each skipped when done"
+    )
+    for flag, key, options in _PIPELINE_FLAGS:
+        pipeline.add_argument(flag, dest=key, **options)
+    pipeline.add_argument("--config", help="YAML with corpus/docs/output and stage sections")
+    pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=5e-4")
+    pipeline.set_defaults(func=_cmd_pipeline)
     return parser
 
 

@@ -1,19 +1,20 @@
 """Typed configs for every stage, loadable from YAML and overridable as ``key=value``.
 
-The dataclasses hold the defaults; a YAML file states only what differs; ``key=value`` arguments
-override both. An unknown key, a value of the wrong type or a value outside a fixed set of choices
-raises :class:`ConfigError` naming the key (and the closest valid key or the valid choices). Each
-``validate()`` then checks every numeric setting against its bounds (one table, ``_BOUNDS``) and the
-settings against each other, before any work starts.
+The dataclasses hold the defaults; a YAML file states only what differs; flags and ``key=value``
+arguments override both. One loader, :func:`load_config`, serves every stage, the CLI and the
+pipeline. An unknown key, a value of the wrong type or a value outside a fixed set of choices raises
+:class:`ConfigError` naming the key (and the closest valid key or the valid choices). Each stage
+then calls ``validate()`` once, before any work starts: it checks every numeric setting against its
+bounds (one table, ``_BOUNDS``) and the settings against each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import numbers
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ __all__ = [
     "model_preset",
     "train_config",
     "load_config",
-    "apply_overrides",
     "from_dict",
 ]
 
@@ -178,18 +178,28 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def model_preset(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
-    """The ModelConfig of preset ``name`` with ``overrides`` applied and validated.
+    """The ModelConfig of preset ``name`` with ``overrides`` applied and validated, for code that
+    builds a model directly (configs loaded from settings get theirs from :func:`from_dict`).
 
     Raises:
         ConfigError: for an unknown preset (naming the valid ones) or an invalid result.
+    """
+    cfg = from_dict(ModelConfig, {**_preset(name), **(overrides or {})}, where="model.")
+    cfg.validate()
+    return cfg
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """What preset ``name`` changes from ModelConfig's defaults.
+
+    Raises:
+        ConfigError: for an unknown preset, naming the valid ones.
     """
     if name not in MODEL_PRESETS:
         raise ConfigError(
             f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}"
         )
-    cfg = from_dict(ModelConfig, {**MODEL_PRESETS[name], **(overrides or {})}, where="model.")
-    cfg.validate()
-    return cfg
+    return MODEL_PRESETS[name]
 
 
 @dataclass
@@ -284,11 +294,19 @@ class TrainConfig:
 
 
 def train_config(data: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from a mapping (a YAML file's) whose ``model`` section, if any, states only
-    what differs from the ``preset``."""
-    cfg = from_dict(TrainConfig, {k: v for k, v in data.items() if k != "model"})
-    cfg.model = model_preset(cfg.preset, data.get("model"))
-    return cfg
+    """A TrainConfig from a mapping (a recipe YAML's), for scripts that hold one already."""
+    return from_dict(TrainConfig, data)
+
+
+def _model_over_preset(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """TrainConfig settings with the ``model`` section laid over the ``preset``'s: a section states
+    only what differs. The one place this rule lives, applied when every layer of settings (file,
+    flags, ``key=value``) is merged, so a preset set by any of them builds its own model."""
+    preset = _coerce(data.get("preset", TrainConfig.preset), str, where + "preset")
+    section = data.get("model") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}model must be a mapping, got {section!r}")
+    return {**data, "model": {**_preset(preset), **section}}
 
 
 # What CTranslate2 may compute in (DecodeConfig.compute_type)...
@@ -326,7 +344,7 @@ class DecodeConfig:
     # batches stay at most half its size.
     max_tokens: int = 0
     max_sentences: int = 0
-    # Longer sentences (SentencePiece tokens) are cut into pieces of this size, each translated
+    # Longer sentences (SentencePiece tokens) are cut into parts of this size, each translated
     # on its own, and flagged; the model never saw longer inputs in training (prepare's max_len).
     max_input_tokens: int = 250
     use_gpu: bool = False
@@ -576,8 +594,39 @@ def _check_bounds(cfg: Any, prefix: str = "") -> None:
 C = TypeVar("C")
 
 
+def load_config(
+    cls: type[C],
+    path: str | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> C:
+    """The settings of ``cls``: defaults < the YAML file at ``path`` < ``flags`` < ``overrides``.
+
+    The one loader of every stage, the CLI and the pipeline. Layers merge section by section before
+    anything is built, so a later layer changes a single key of a section, and a ``preset`` from any
+    layer builds its model (see :func:`from_dict`). Nothing is validated here: each stage validates
+    the config it is given, once.
+
+    Args:
+        cls: the config dataclass (a stage's, or the pipeline's with a section per stage).
+        path: a YAML file of settings; it states only what differs from the defaults.
+        overrides: ``key=value`` words, the last word; values parse as YAML (``max_len=128``,
+            ``inputs=[a.tsv,b.tsv]``), dotted keys reach into sections (``train.model.heads=8``).
+        flags: settings already parsed (command-line flags), dotted keys as in ``overrides``.
+
+    Raises:
+        ConfigError: in one line, for a missing or unparsable file, a file or section that is not a
+            mapping, a malformed override, an unknown key or preset, or a badly typed value.
+    """
+    words = [_parse_override(item) for item in overrides or []]
+    layers = [_read_yaml(path) if path else {}]
+    layers += [_nested(key, value) for key, value in [*(flags or {}).items(), *words]]
+    return from_dict(cls, functools.reduce(_merge, layers))
+
+
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-    """Build dataclass ``cls`` from a plain dict, coercing each value to its field's type.
+    """Build dataclass ``cls`` from a plain dict, coercing each value to its field's type. A
+    TrainConfig's ``model`` section (at any depth) states only what differs from its ``preset``.
 
     Args:
         cls: the config dataclass.
@@ -585,8 +634,10 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         where: prefix of the keys, for error messages of nested configs.
 
     Raises:
-        ConfigError: for an unknown key or a value that does not fit the field's type.
+        ConfigError: for an unknown key or preset, or a value that does not fit the field's type.
     """
+    if cls is TrainConfig:
+        data = _model_over_preset(data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -597,55 +648,50 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     return cls(**kwargs)
 
 
-def apply_overrides(cfg: C, overrides: list[str]) -> C:
-    """Return a copy of ``cfg`` with ``key=value`` overrides applied (dotted keys for nesting).
-
-    Values are parsed as YAML scalars or lists (``vocab_size=8000``, ``inputs=[a.tsv,b.tsv]``)
-    and then coerced to the field's type.
+def _read_yaml(path: str) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (an empty file is an empty one).
 
     Raises:
-        ConfigError: for a malformed override, an unknown key or a badly typed value.
+        ConfigError: in one line, naming the file: missing, not YAML, or not a mapping.
     """
-    cfg = dataclasses.replace(cfg)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        *parents, leaf = key.strip().split(".")
-        target = cfg
-        for part in parents:
-            target = _get_field(target, part, key)
-        names = [f.name for f in dataclasses.fields(target)]
-        if leaf not in names:
-            raise ConfigError(_unknown_key_message(key, leaf, names))
-        hint = typing.get_type_hints(type(target))[leaf]
-        setattr(target, leaf, _coerce(_parse_scalar(raw), hint, key))
-    return cfg
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    return data
 
 
-def load_config(cls: type[C], path: str | None = None, overrides: list[str] | None = None) -> C:
-    """Defaults of ``cls`` <- YAML file at ``path`` <- ``key=value`` overrides."""
-    cfg = cls()
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of key: value")
-        cfg = from_dict(cls, data)
-    return apply_overrides(cfg, overrides or [])
+def _parse_override(item: str) -> tuple[str, Any]:
+    """``(key, value)`` of a ``key=value`` word, the value parsed as YAML.
+
+    Raises:
+        ConfigError: when the word is not of that form.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    return key.strip(), _parse_scalar(raw)
 
 
-def _get_field(obj: Any, name: str, full_key: str) -> Any:
-    if not dataclasses.is_dataclass(obj):
-        raise ConfigError(f"{full_key}: {name!r} is not a section")
-    names = [f.name for f in dataclasses.fields(obj)]
-    if name not in names:
-        raise ConfigError(_unknown_key_message(full_key, name, names))
-    return getattr(obj, name)
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``{"a": {"b": value}}`` for the dotted key ``a.b``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _merge(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    """``above`` laid over ``below``, section by section: a layer changes only the keys it names."""
+    merged = dict(below)
+    for key, value in above.items():
+        under = merged.get(key)
+        both = isinstance(under, dict) and isinstance(value, dict)
+        merged[key] = _merge(under, value) if both else value
+    return merged
 
 
 def _unknown_key_message(full_key: str, key: str, names: list[str]) -> str:
@@ -710,54 +756,3 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
-
-
-def _field_notes(cls: type) -> dict[str, str]:
-    """Each field's comment in the class source: the lines just above it plus a trailing one."""
-    import inspect
-
-    notes, above = {}, []
-    for line in inspect.getsource(cls).splitlines()[1:]:
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("# "))
-            continue
-        match = re.match(r"(\w+): [^=]+=(.*)$", stripped)
-        if match and line.startswith("    ") and not line.startswith("     "):
-            trailing = match.group(2).split("  # ", 1)[1] if "  # " in match.group(2) else ""
-            notes[match.group(1)] = " ".join(above + [trailing]).strip()
-        above = []
-    return notes
-
-
-def config_reference() -> str:
-    """The README's configuration reference, generated from the dataclasses (a test keeps the
-    README in sync: regenerate with ``python -m s2s.config``)."""
-    sections = [
-        ("prepare", PrepareConfig, ""),
-        ("train", TrainConfig, ""),
-        ("train.model", ModelConfig, "model."),
-        ("translate and evaluate: decoding", DecodeConfig, ""),
-        ("translate", TranslateConfig, ""),
-        ("evaluate", EvaluateConfig, ""),
-    ]
-    out = []
-    for title, cls, prefix in sections:
-        own = {f.name for f in dataclasses.fields(cls)}
-        for base in cls.__mro__[1:]:
-            if dataclasses.is_dataclass(base):
-                own -= {f.name for f in dataclasses.fields(base)}
-        notes, defaults = _field_notes(cls), cls()
-        out += [f"**{title}** (`{cls.__name__}`)", "", "| key | default | |", "|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            if f.name not in own or dataclasses.is_dataclass(getattr(defaults, f.name)):
-                continue
-            default = getattr(defaults, f.name)
-            shown = "" if default in ("", [], None) else f"`{default}`"
-            out.append(f"| `{prefix}{f.name}` | {shown} | {notes.get(f.name, '')} |")
-        out.append("")
-    return "\n".join(out)
-
-
-if __name__ == "__main__":
-    print(config_reference())

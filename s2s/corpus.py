@@ -21,6 +21,15 @@ import pyarrow.parquet as pq
 
 from s2s import storage
 from s2s.config import ConfigError
+from s2s.formats import (
+    DROP,
+    PAIR_FORMATS,
+    check_unicode,
+    compression,
+    decode_utf8,
+    split_name,
+    text_as_bytes,  # lived here first; still importable from s2s.corpus
+)
 
 __all__ = [
     "RECORD_SCHEMA",
@@ -42,17 +51,6 @@ RECORD_SCHEMA = pa.schema(
         ("reason", pa.string()),  # why the record is dropped; null while it is kept
     ]
 )
-
-_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
-_FORMATS_BY_SUFFIX = {
-    ".tsv": "tsv",
-    ".txt": "tsv",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
 
 @dataclass(frozen=True)
@@ -77,20 +75,18 @@ class ReadUnit:
 
 
 def detect_format(uri: str) -> str:
-    """Format of an input from its extension (compression suffixes ignored).
+    """Format of a pair input from its extension (see :data:`s2s.formats.PAIR_FORMATS`; a
+    compression suffix is ignored).
 
     Raises:
         ConfigError: when the extension says nothing; the message suggests ``input_format``.
     """
-    name = uri.lower()
-    for suffix in _COMPRESSION_SUFFIXES:
-        name = name.removesuffix(suffix)
-    for suffix, fmt in _FORMATS_BY_SUFFIX.items():
-        if name.endswith(suffix):
-            return fmt
-    raise ConfigError(
-        f"cannot tell the format of {uri} from its name; set input_format=tsv|jsonl|parquet"
-    )
+    fmt = PAIR_FORMATS.get(split_name(uri)[1])
+    if fmt is None:
+        raise ConfigError(
+            f"cannot tell the format of {uri} from its name; set input_format=tsv|jsonl|parquet"
+        )
+    return fmt
 
 
 def check_parquet_columns(uri: str, src_column: str, tgt_column: str) -> None:
@@ -204,19 +200,13 @@ class _Columns:
 def _drop_unencodable(src: list, tgt: list, reason: list) -> Parsed:
     """Records with a lone surrogate (valid JSON, not UTF-8) become ``invalid_unicode``."""
     src, tgt, reason = list(src), list(tgt), list(reason)
-    for i, (s, t) in enumerate(zip(src, tgt)):
-        if not (_encodable(s) and _encodable(t)):
-            src[i], tgt[i], reason[i] = None, None, "invalid_unicode"
+    for i, pair in enumerate(zip(src, tgt)):
+        for text in pair:
+            why = None if text is None else check_unicode(text, DROP)[1]
+            if why:
+                src[i], tgt[i], reason[i] = None, None, why
+                break
     return src, tgt, reason
-
-
-def _encodable(text: str | None) -> bool:
-    try:
-        if text is not None:
-            text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 _TOO_LONG = None  # marks an over-long line in a batch of lines
@@ -228,7 +218,7 @@ def _line_batches(uri: str, max_line_bytes: int, chunk_bytes: int = 1 << 20) -> 
     Each line is a ``str``; a line longer than ``max_line_bytes`` is :data:`_TOO_LONG` (None) and
     is never held whole in memory; a line that is not valid UTF-8 stays ``bytes``.
     """
-    with storage.open_input(uri) as stream:
+    with storage.open_input(uri, compression(uri)) as stream:
         carry, skipping, first = b"", False, True
         while True:
             chunk = stream.read(chunk_bytes)
@@ -268,10 +258,9 @@ def _decode_lines(pieces: list[bytes], max_line_bytes: int = 1 << 62) -> list:
 
 
 def _decode_or_keep(piece: bytes) -> str | bytes:
-    try:
-        return piece.decode("utf-8")
-    except UnicodeDecodeError:
-        return piece
+    """The line as text, or its bytes when they are not UTF-8 (the parsers' ``invalid_utf8``)."""
+    text, _ = decode_utf8(piece, DROP)
+    return piece if text is None else text
 
 
 def _parse_tsv(lines: list) -> Parsed:
@@ -345,28 +334,17 @@ def _parquet_batches(uri: str, src_column: str, tgt_column: str, block_rows: int
     fs, path = storage.filesystem(uri)
     with fs.open_input_file(path) as f:
         for batch in pq.ParquetFile(f).iter_batches(block_rows, columns=[src_column, tgt_column]):
-            src, tgt, reason = [], [], []
             # As bytes, decoded value by value: a string column may still hold invalid UTF-8,
             # which would fail the whole batch's conversion.
-            for s, t in zip(text_as_bytes(batch.column(0)), text_as_bytes(batch.column(1))):
-                try:
-                    s, t = _as_text(s), _as_text(t)
-                    r = "null_value" if s is None or t is None else None
-                except UnicodeDecodeError:
-                    r = "invalid_utf8"
-                src.append(None if r else s)
-                tgt.append(None if r else t)
-                reason.append(r)
-            yield src, tgt, reason
+            pairs = zip(text_as_bytes(batch.column(0)), text_as_bytes(batch.column(1)))
+            yield tuple(map(list, zip(*map(_parquet_pair, pairs)))) or ([], [], [])
 
 
-def text_as_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
-    """The values of a string or binary column as bytes, without UTF-8 validation: a Parquet
-    string column may still hold invalid UTF-8, which would fail a conversion to str of the whole
-    column; the caller decodes value by value instead."""
-    large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
-    return column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
-
-
-def _as_text(value: str | bytes | None) -> str | None:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+def _parquet_pair(values: tuple[bytes | None, bytes | None]) -> tuple[str | None, ...]:
+    """(src, tgt, None) for a good pair, else (None, None, reason); invalid UTF-8 on either side
+    outranks a null on the other."""
+    decoded = [(None, None) if v is None else decode_utf8(v, DROP) for v in values]
+    why = next((why for _, why in decoded if why), None)
+    if why is None and None in values:
+        why = "null_value"
+    return (None, None, why) if why else (decoded[0][0], decoded[1][0], None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,7 +28,16 @@ import pyarrow.parquet as pq
 
 from s2s import storage
 from s2s.config import ConfigError
-from s2s.corpus import text_as_bytes
+from s2s.formats import (
+    DOCUMENT_DEFAULT,
+    DOCUMENT_FORMATS,
+    REPLACE,
+    check_unicode,
+    compression,
+    decode_utf8,
+    split_name,
+    text_as_bytes,
+)
 
 __all__ = [
     "InputFile",
@@ -46,14 +54,15 @@ __all__ = [
     "count_output_rows",
 ]
 
-_COMPRESSION = (".gz", ".bz2", ".zst", ".zstd", ".lz4")
-_FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-_EXTENSION = {"jsonl": ".jsonl", "parquet": ".parquet", "text": ".txt"}
+_EXTENSION = {"jsonl": ".jsonl", "parquet": ".parquet", "text": ".txt"}  # of an output file
 WORK_DIR = "_work"
 
 
 @dataclass(slots=True)  # slots: a plan may hold one per file of a 100,000-file inbox
 class InputFile:
+    """One input file of documents and the output file it gets. Crosses to actors and finishing
+    tasks as a plain tuple (``dataclasses.astuple``), so every field is a plain value."""
+
     uri: str
     size: int
     mtime_ns: int | None
@@ -64,6 +73,8 @@ class InputFile:
 
 @dataclass(slots=True)
 class Piece:
+    """A unit of work and retry: part of one input, whose results go to one file, ``work``."""
+
     input: int  # index into the plan's inputs
     start: int  # JSONL: byte offset; Parquet: first row group; text: 0
     # JSONL: byte offset (exclusive); Parquet: row group (exclusive); 0 = the whole file
@@ -83,20 +94,10 @@ class Documents:
     blank_lines: int = 0
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """("dir/report", ".jsonl") for "dir/report.jsonl.gz"."""
-    base = name
-    for suffix in _COMPRESSION:
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-    stem, dot, ext = base.rpartition(".")
-    if dot and "/" not in ext:
-        return stem, "." + ext.lower()
-    return base, ""
-
-
 def detect_format(name: str) -> str:
-    return _FORMAT_BY_SUFFIX.get(_split_name(name)[1], "text")
+    """Format of a document input from its extension (see :data:`s2s.formats.DOCUMENT_FORMATS`):
+    ``jsonl``, ``parquet``, or ``text`` (one document) for every other extension."""
+    return DOCUMENT_FORMATS.get(split_name(name)[1], DOCUMENT_DEFAULT)
 
 
 def plan_outputs(
@@ -121,7 +122,7 @@ def plan_outputs(
                 f"{ref.uri}: --format text needs text inputs (one document per file); use "
                 "jsonl or parquet for a file of many documents"
             )
-        out_name = _split_name(name)[0] + _EXTENSION[out_format]
+        out_name = split_name(name)[0] + _EXTENSION[out_format]
         if out_name in seen:
             raise ConfigError(f"{seen[out_name]} and {ref.uri} would both write {out_name}")
         seen[out_name] = ref.uri
@@ -159,7 +160,7 @@ def plan_pieces(
                 start, size = group + 1, 0
         if start < meta.num_row_groups or not ranges:
             ranges.append((start, meta.num_row_groups))
-    elif source.format == "jsonl" and not source.name.endswith(_COMPRESSION):
+    elif source.format == "jsonl" and not compression(source.name):
         edges = list(range(0, source.size, piece_bytes)) + [source.size]
         ranges = list(zip(edges[:-1], edges[1:])) or [(0, 0)]
     else:  # a text document, a compressed file or a small Parquet file: read whole
@@ -189,12 +190,7 @@ def read_piece(source: InputFile, piece: Piece, id_column: str, text_column: str
             return _read_parquet(source, piece, id_column, text_column)
         if source.format == "jsonl":
             return _read_jsonl(source, piece, id_column, text_column)
-        data = (
-            storage.read_bytes(source.uri)
-            if not source.name.endswith(_COMPRESSION)
-            else (_read_all(source.uri))
-        )
-        text, warning = _decode(data)
+        text, warning = decode_utf8(_read_all(source.uri), REPLACE)
         return Documents([source.name], [text], [None], [warning])
     except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as err:
         if isinstance(err, storage.StorageError):
@@ -205,17 +201,9 @@ def read_piece(source: InputFile, piece: Piece, id_column: str, text_column: str
 
 
 def _read_all(uri: str) -> bytes:
-    with storage.open_input(uri) as stream:
+    """A whole file, unpacked if its name says it is compressed."""
+    with storage.open_input(uri, compression(uri)) as stream:
         return stream.read()
-
-
-def _decode(data: bytes) -> tuple[str, str | None]:
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as err:
-        return data.decode("utf-8", errors="replace"), (
-            f"invalid UTF-8 at byte {err.start} (and maybe more) replaced by U+FFFD"
-        )
 
 
 def _jsonl_lines(source: InputFile, piece: Piece) -> list[bytes]:
@@ -259,7 +247,7 @@ def _read_jsonl(source: InputFile, piece: Piece, id_column: str, text_column: st
         if not raw.strip():
             docs.blank_lines += 1
             continue
-        line, warning = _decode(raw)
+        line, warning = decode_utf8(raw, REPLACE)
         doc_id, text, error = None, None, None
         try:
             row = json.loads(line)
@@ -293,21 +281,16 @@ def _document_id(value: object, id_column: str) -> tuple[str | int | None, str |
         return value, None
     if isinstance(value, str):
         return _scrub(value)[0], None
-    kind = {bool: "boolean", float: "number with a fraction", dict: "object", list: "list"}
-    return None, f"{id_column!r} is a {kind.get(type(value), type(value).__name__)}; ids must " \
-        "be strings or integers"  # fmt: skip
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+    names = {bool: "boolean", float: "number with a fraction", dict: "object", list: "list"}
+    kind = names.get(type(value), type(value).__name__)
+    return None, f"{id_column!r} is a {kind}; ids must be strings or integers"
 
 
 def _scrub(text: object) -> tuple[object, str | None]:
     """A string with lone surrogates (valid JSON escapes such as "\\ud800", but not Unicode text:
-    no UTF-8 encoding exists) gets U+FFFD in their place, with a warning, as invalid UTF-8 does."""
-    if not isinstance(text, str) or not _SURROGATE.search(text):
-        return text, None
-    count = len(_SURROGATE.findall(text))
-    return _SURROGATE.sub("\ufffd", text), f"{count} unpaired surrogates replaced by U+FFFD"
+    no UTF-8 encoding exists) gets U+FFFD in their place, with a warning, as invalid UTF-8 does;
+    anything else (a number, None) is returned as it is."""
+    return check_unicode(text, REPLACE) if isinstance(text, str) else (text, None)
 
 
 def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: str) -> Documents:
@@ -328,7 +311,7 @@ def _read_parquet(source: InputFile, piece: Piece, id_column: str, text_column: 
     is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
     for i, value in enumerate(text_as_bytes(column) if is_text else column.to_pylist()):
         if isinstance(value, bytes):
-            value, warnings[i] = _decode(value)
+            value, warnings[i] = decode_utf8(value, REPLACE)
         texts[i] = value
     return Documents(ids, texts, errors, warnings)
 
@@ -338,7 +321,7 @@ def _parquet_ids(column: pa.ChunkedArray) -> list[str | int | None]:
     if pa.types.is_integer(column.type):
         return column.to_pylist()
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return [None if v is None else _decode(v)[0] for v in text_as_bytes(column)]
+        return [None if v is None else decode_utf8(v, REPLACE)[0] for v in text_as_bytes(column)]
     return [None if v is None else str(v) for v in column.to_pylist()]
 
 
@@ -476,10 +459,7 @@ def count_documents(source: InputFile) -> int:
         return _parquet_file(source.uri).metadata.num_rows
     if source.format == "text":
         return 1
-    data = _read_all(source.uri) if source.name.endswith(_COMPRESSION) else (
-        storage.read_bytes(source.uri)
-    )  # fmt: skip
-    return sum(1 for line in data.split(b"\n") if line.strip())
+    return sum(1 for line in _read_all(source.uri).split(b"\n") if line.strip())
 
 
 def count_output_rows(uri: str, out_format: str) -> int:

@@ -1,4 +1,4 @@
-"""``s2s evaluate``: BLEU and chrF (sacreBLEU) of a checkpoint on held-out pairs.
+"""``s2s evaluate``: BLEU and chrF (:mod:`s2s.scoring`) of a checkpoint on held-out pairs.
 
 Decoding goes through the same :class:`~s2s.translator.Translator` as the translate job, and the
 same path: each source is a document, split into sentences, translated, and rejoined. So the score
@@ -14,17 +14,17 @@ import time
 
 import pyarrow.compute as pc
 import ray
-import sacrebleu
 import torch
 
 from s2s import cluster, storage
 from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.manifest import MANIFEST_NAME, read_manifest
+from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.translator import DocumentResult, Translator, model_id
 
-__all__ = ["evaluate", "load_pairs", "score"]
+__all__ = ["evaluate", "load_pairs"]
 
 
 def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
@@ -46,7 +46,7 @@ def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[s
             references += table["tgt"].to_pylist()
     else:
         # Read as prepare reads (s2s.corpus): the same line splitting, formats and reasons.
-        fmt = detect_format(data) if not data.endswith(".txt") else "tsv"
+        fmt = detect_format(data)
         if fmt == "parquet":
             check_parquet_columns(data, "src", "tgt")
         for table in read_unit(ReadUnit(0, (data,), fmt)):
@@ -62,16 +62,6 @@ def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[s
     if limit:
         sources, references = sources[:limit], references[:limit]
     return sources, references
-
-
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU and chrF (sacreBLEU defaults), rounded to 2 places, with their signatures."""
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    return {
-        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
-        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
-        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
-    }
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:

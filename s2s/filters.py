@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from s2s.tokenizer import Tokenizer
 
 __all__ = [
-    "SPLITS",
     "SplitPlan",
     "normalize_text",
     "split_key",
@@ -30,7 +29,6 @@ __all__ = [
     "drop_records",
 ]
 
-SPLITS = ("train", "valid", "test")  # the `split` column holds the index into this tuple
 _ROLE_SPLIT = {"valid": 1, "test": 2}
 
 # Control characters go (C0/C1 except whitespace, zero-width space, BOM, soft hyphen); zero-width
@@ -123,7 +121,7 @@ def clean_records(records: pa.Table, plan: SplitPlan, roles: list[str]) -> pa.Ta
     Returns:
         ``records`` with cleaned ``src``/``tgt`` and new columns ``pair_hash`` (uint64, identity
         of the pair for de-duplication), ``key_hash`` (uint64, of the source's split key) and
-        ``split`` (int8 index into :data:`SPLITS`); ``reason`` set for ``empty_source``,
+        ``split`` (int8 index into :data:`s2s.shards.SPLITS`); ``reason`` set for ``empty_source``,
         ``empty_target`` and ``overlaps_eval``.
     """
     src = normalize_text(records["src"].combine_chunks())

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from s2s import storage
-from s2s.filters import SPLITS
 from s2s.lease import LEASE_NAME, Lease, LeaseHeld
-from s2s.tokenizer import SPECIAL_IDS
+from s2s.shards import SPLITS
+from s2s.tokenizer import SPECIAL_IDS, TOKENIZER_FILE
 
 __all__ = [
     "FORMAT_VERSION",
@@ -54,7 +54,8 @@ PREPARE_MARKER = "_prepare_started.json"
 # The files a prepare writes, relative to its output: shards, the tokenizer, the manifest, and what
 # a killed atomic write of one of them leaves behind (storage.write_bytes: "<name>.tmp-<8 hex>").
 _PREPARE_FILE = re.compile(
-    rf"(?:(?:{'|'.join(SPLITS)})/part-[0-9a-f]+\.parquet|tokenizer\.model|manifest\.json)"
+    rf"(?:(?:{'|'.join(SPLITS)})/part-[0-9a-f]+\.parquet|{re.escape(TOKENIZER_FILE)}|"
+    rf"{re.escape(MANIFEST_NAME)})"
     r"(?:\.tmp-[0-9a-f]{8})?"
 )
 

@@ -33,13 +33,14 @@ def label_smoothed_loss(
         caller asks for a number, at a log line).
     """
     logits = logits.flatten(0, 1).float()  # (N, V)
-    target = target.flatten()
+    target = target.flatten()  # (N,)
     # F.cross_entropy is one fused kernel (log-softmax, smoothing, ignore_index), forward and
     # backward: no (N, V) copies for masking, which cost more than the softmax itself on CPU.
     loss = F.cross_entropy(
         logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum"
     )
     if smoothing:
+        # The plain NLL is only reported: no graph for it.
         with torch.no_grad():
             nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
     else:
@@ -63,6 +64,8 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = all(p.is_cuda for p in model.parameters())
+    # betas (0.9, 0.98) and eps 1e-9 as in Vaswani et al.; fused=None (not False) leaves the
+    # choice of implementation to PyTorch off CUDA.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-9, fused=fused or None)
 
 
@@ -78,7 +81,7 @@ def lr_multiplier(
     still trains at a high rate when the budget runs out.
     """
     step = max(step, 1)
-    ramp = step / max(warmup, 1) if step <= warmup else 1.0
+    ramp = step / max(warmup, 1) if step <= warmup else 1.0  # linear warmup; max(): warmup 0
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "cosine":
         return min(ramp, 0.5 * (1.0 + math.cos(math.pi * progress)))

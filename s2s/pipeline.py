@@ -9,7 +9,8 @@
     <output>/translations/                 s2s translate's output (incremental by itself)
 
 Every stage's settings are its own config, reachable as ``prepare.*``, ``train.*``,
-``evaluate.*``, ``translate.*`` in a YAML file or as ``key=value``; all are checked before the
+``evaluate.*``, ``translate.*`` in a YAML file or as ``key=value`` (loaded as every stage's are:
+``load_config(PipelineConfig, ...)``, which ``s2s pipeline`` calls); all are checked before the
 first stage starts.
 """
 
@@ -19,25 +20,14 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from s2s import storage
-from s2s.config import (
-    ConfigError,
-    EvaluateConfig,
-    PrepareConfig,
-    TrainConfig,
-    TranslateConfig,
-    apply_overrides,
-    from_dict,
-    model_preset,
-)
+from s2s.checkpoint import WEIGHTS
+from s2s.config import ConfigError, EvaluateConfig, PrepareConfig, TrainConfig, TranslateConfig
 from s2s.manifest import corpus_state
 
-__all__ = ["PipelineConfig", "load_pipeline_config", "run_pipeline", "prepare_stage", "DONE_MARKER"]
+__all__ = ["PipelineConfig", "run_pipeline", "prepare_stage", "DONE_MARKER"]
 
 log = logging.getLogger(__name__)
 DONE_MARKER = "_pipeline.json"
@@ -90,24 +80,6 @@ class PipelineConfig:
                 raise ConfigError(f"{name}: {err}") from None
 
 
-def load_pipeline_config(path: str | None, settings: dict, overrides: list[str]) -> PipelineConfig:
-    """defaults < YAML file < ``settings`` (flags, dotted keys) < ``key=value`` overrides; the
-    model starts from ``train.preset`` and takes the YAML's ``train.model`` section."""
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of key: value")
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    model = data.get("train", {}).pop("model", None)
-    cfg = from_dict(PipelineConfig, data)
-    cfg.train.model = model_preset(cfg.train.preset, model)
-    return apply_overrides(cfg, overrides)
-
-
 def prepare_stage(output: str) -> Literal["skip", "rerun", "run"]:
     """What the pipeline does about prepare: ``"skip"`` when ``output`` holds a complete corpus
     (a manifest and every file it lists); ``"rerun"`` when a prepare that failed or was killed
@@ -144,7 +116,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     else:
         result = train(cfg.train)
         best = storage.join(cfg.train.output, "best")
-        checkpoint = best if storage.exists(storage.join(best, "model.safetensors")) else None
+        checkpoint = best if storage.exists(storage.join(best, WEIGHTS)) else None
         done = {"output": cfg.train.output, "checkpoint": checkpoint or result.checkpoint}
         storage.write_bytes(marker, json.dumps(done, indent=2).encode())
         report["train"] = {**done, "metrics": result.metrics}

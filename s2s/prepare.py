@@ -45,6 +45,7 @@ from s2s.filters import (
     mark_duplicates,
     tokenize_records,
 )
+from s2s.formats import COMPRESSIONS
 from s2s.manifest import (
     FORMAT_VERSION,
     CorpusState,
@@ -57,12 +58,11 @@ from s2s.manifest import (
 from s2s.poison import describe, isolate_rows
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
-from s2s.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
+from s2s.tokenizer import SPECIAL_IDS, TOKENIZER_FILE, Tokenizer, train_tokenizer
 
 __all__ = ["prepare_corpus", "PrepareResult", "plan_inputs"]
 
 logger = logging.getLogger(__name__)
-TOKENIZER_NAME = "tokenizer.model"
 _MAX_BLOCK_BYTES = 16 << 20
 # De-duplication groups of ~4k records: far smaller than a block (read_block_rows, 32k), so the
 # shuffle's partitions, ranges of groups, come out even; a de-duplication call costs ~0.1 ms.
@@ -72,7 +72,7 @@ _GROUP_ROWS = 4096
 # smaller or larger.
 _BYTES_PER_ROW = 100
 _COMPRESSION_RATIO = 4
-_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4", ".parquet", ".pq")
+_COMPRESSED_SUFFIXES = (*COMPRESSIONS, ".parquet", ".pq")
 
 
 @dataclass
@@ -141,7 +141,7 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.dropped.items()))
             names = ", ".join(u.name for u in units)
             raise ConfigError(f"no pair of {names} survived the filters: {reasons}")
-        storage.write_bytes(storage.join(cfg.output, TOKENIZER_NAME), proto)
+        storage.write_bytes(storage.join(cfg.output, TOKENIZER_FILE), proto)
         seconds = time.perf_counter() - start
         manifest = _manifest(cfg, units, files, plan, sketch, Tokenizer(proto), stats, seconds)
         lease.check()  # a run that stalled past its lease leaves the output to the one that took it
@@ -350,7 +350,7 @@ def _dedup_group_count(files: list[storage.FileRef], sketch: CorpusSketch | None
     if sketch is not None:
         rows = sketch.clean_pairs
     else:
-        packed = sum(f.size for f in files if f.uri.endswith(_COMPRESSED_SUFFIXES))
+        packed = sum(f.size for f in files if f.uri.lower().endswith(_COMPRESSED_SUFFIXES))
         plain = sum(f.size for f in files) - packed
         rows = (plain + _COMPRESSION_RATIO * packed) / _BYTES_PER_ROW
     return max(1, math.ceil(rows / _GROUP_ROWS))
@@ -417,7 +417,7 @@ def _manifest(
         "created_by": f"s2s {__version__}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tokenizer": {
-            "file": TOKENIZER_NAME,
+            "file": TOKENIZER_FILE,
             "vocab_size": tokenizer.vocab_size,
             "type": cfg.tokenizer_type,
             "source": cfg.tokenizer or f"trained on {len(sketch.sample_src)} sampled pairs",

@@ -64,6 +64,7 @@ class EpochPlan:
 
     def batches(self, epoch: int) -> Iterator[list[Example]]:
         """The epoch's batches, in order; each a list of (source ids, target ids)."""
+        # Seeded by (seed, epoch) alone: every worker, and a resumed run, draws the same plan.
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.shards))
         windows = [order] if self.shuffle == "global" else [[i] for i in order]
@@ -84,7 +85,7 @@ class EpochPlan:
         rows = tuple(
             table[c].combine_chunks().to_numpy(zero_copy_only=False) for c in ("src_ids", "tgt_ids")
         )
-        if self.shuffle == "global":
+        if self.shuffle == "global":  # one window, read every epoch: keep it
             self._cache = {key: rows}
         return rows
 
@@ -110,6 +111,7 @@ def steps(
         if len(group) < per_step:
             continue
         consumed += per_step
+        # Steps trained before a resume are rebuilt (the sequence depends on them) but skipped.
         if consumed > skip:
             yield group
         group = []
@@ -128,6 +130,8 @@ class DataDigest:
         h = hashlib.blake2b(self.value.encode(), digest_size=8)
         for batch in group:
             for src, tgt in batch:
+                # Separators, so that moving ids between source and target or between examples
+                # changes the digest.
                 h.update(np.asarray(src, np.int32).tobytes())
                 h.update(b"|")
                 h.update(np.asarray(tgt, np.int32).tobytes())

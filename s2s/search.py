@@ -1,4 +1,14 @@
-"""Decoding over the :class:`s2s.models.Seq2Seq` interface, whatever the model family."""
+"""Decoding over the :class:`s2s.models.Seq2Seq` interface, whatever the model family.
+
+``greedy_search`` and ``beam_search`` call only ``encode``, ``decode_step`` and
+``reorder_state``: a new model family needs no change here, and a new decoding strategy is one
+more function over those three. Scoring lives in ``length_penalty`` and ``_collect``; when a
+source stops, in the ``done`` test of the beam loop.
+
+Shapes in comments: B sources, k beam size, A sources still live (A <= B), V vocabulary,
+t tokens decoded so far. Beam rows are laid out source-major: row ``a * k + j`` is beam j of
+live source a.
+"""
 
 from __future__ import annotations
 
@@ -37,14 +47,15 @@ def greedy_search(
     batch = src.shape[0]
     limit = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
     state = model.encode(src)
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)  # (B,)
+    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)  # (B,)
     out = []
+    # Rows that ended stay in the batch until all have: no state reordering, pad tokens out.
     for step in range(int(limit.max())):
-        log_probs, state = model.decode_step(prev, state)
+        log_probs, state = model.decode_step(prev, state)  # (B, V)
         if step < min_len:
             log_probs[:, EOS_ID] = float("-inf")
-        prev = log_probs.argmax(dim=-1)
+        prev = log_probs.argmax(dim=-1)  # (B,)
         prev = torch.where(finished, torch.full_like(prev, PAD_ID), prev)
         out.append(prev)
         finished |= (prev == EOS_ID) | (step + 1 >= limit)
@@ -56,11 +67,13 @@ def greedy_search(
 
 def _limits(src: Tensor, a: float, b: int, cap: int | None) -> Tensor:
     """(B,) maximum output length of each row: a * source length + b, at most ``cap``."""
+    # The source length counts its eos; every row gets at least one step.
     limit = ((src != PAD_ID).sum(1).float() * a + b).long().clamp(min=1)
     return limit.clamp(max=cap) if cap else limit
 
 
 def _until_eos(row: list[int]) -> list[int]:
+    """The ids of ``row`` before its first eos or pad (pad: the row had ended)."""
     ids = []
     for token in row:
         if token in (EOS_ID, PAD_ID):
@@ -113,64 +126,87 @@ def beam_search(
         nbest: hypotheses returned per source (<= beam).
         max_len_cap: output length limit whatever the source length.
         min_len: eos is not allowed before this many tokens (benchmarks force equal lengths).
+
+    Returns:
+        Per source, up to ``nbest`` hypotheses sorted by score, best first.
     """
     batch, k, device = src.shape[0], beam, src.device
     limits = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
+    # k rows per source, [0]*k + [1]*k + ...: a Transformer shares each source's memory among
+    # its k rows rather than copying it (see its reorder_state).
     state = model.reorder_state(
         model.encode(src), torch.arange(batch, device=device).repeat_interleave(k)
     )  # (B*k, ...)
-    # Only the first prefix of each source is live at step 0 (all k start identical).
+    # Only the first prefix of each source is live at step 0: the k start identical and would
+    # otherwise fill the beam with k copies of each extension.
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, k), A = live sources
-    scores[:, 0] = 0.0
-    prefixes = torch.empty((batch * k, 0), dtype=torch.long, device=device)  # (A*k, t)
+    scores[:, 0] = 0.0  # scores: summed log-probabilities of the live prefixes
+    prefixes = torch.empty((batch * k, 0), dtype=torch.long, device=device)  # (A*k, t), no bos
     active = torch.arange(batch, device=device)  # source index of each live block of k rows
-    n_finished = torch.zeros(batch, dtype=torch.long, device=device)
+    n_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)  # (A*k,)
+    # Live blocks are renumbered 0..A-1 after each step, so blocks[:A] stays right.
     blocks = torch.arange(batch, device=device)[:, None] * k  # (B, 1) first row of each block
     for step in range(int(limits.max())):
         log_probs, state = model.decode_step(prev, state)  # (A*k, V)
         if step < min_len:
             log_probs[:, EOS_ID] = float("-inf")
         live, vocab = active.numel(), log_probs.shape[-1]
+        # All k*V extensions of a source's prefixes compete: (A, k, 1) + (A, k, V) -> (A, k*V).
         candidates = (scores.unsqueeze(-1) + log_probs.view(live, k, vocab)).view(live, -1)
+        # 2k: at most k candidates end in eos (one per prefix), so k others can always live on.
         top_scores, top_ids = candidates.topk(2 * k, dim=-1)  # (A, 2k), best first
         origin = blocks[:live] + top_ids // vocab  # (A, 2k) row the candidate extends
-        token = top_ids % vocab
+        token = top_ids % vocab  # (A, 2k)
         at_limit = (step + 1 >= limits[active]).unsqueeze(1)  # (A, 1)
+        # -inf candidates (from step 0's empty beams, or eos before min_len) never count.
         ends = ((token == EOS_ID) | at_limit) & (top_scores > float("-inf"))
         # Ending candidates count while fewer than k live ones rank above them (at the limit,
         # where all end: the k best).
-        live_before = (~ends).cumsum(dim=1) - (~ends).long()
+        live_before = (~ends).cumsum(dim=1) - (~ends).long()  # (A, 2k) live ones ranked above
         take = ends & (live_before < k)
         take[:, k:] &= ~at_limit
         if take.any():
             _collect(finished, take, active, origin, token, top_scores, prefixes, alpha)
             n_finished[active] += take.sum(dim=1)
+        # The k best candidates that did not end live on (-inf where fewer than k did not).
         live_scores, live_pos = top_scores.masked_fill(ends, float("-inf")).topk(k, dim=-1)
+        # A source stops with k finished hypotheses (fairseq's rule), at its length limit, or
+        # when no live prefix is left.
         done = (
             (n_finished[active] >= k) | at_limit.squeeze(1) | (live_scores[:, 0] == float("-inf"))
         )
-        keep = ~done
+        keep = ~done  # (A,)
         if not keep.any():
             break
+        # One index both reorders the beams of each source and drops the sources that are done.
         rows = origin.gather(1, live_pos)[keep].view(-1)  # (A'*k,)
-        prev = token.gather(1, live_pos)[keep].view(-1)
+        prev = token.gather(1, live_pos)[keep].view(-1)  # (A'*k,) the next step's input
         state = model.reorder_state(state, rows)
-        prefixes = torch.cat([prefixes[rows], prev.unsqueeze(1)], dim=1)
-        scores, active = live_scores[keep], active[keep]
+        prefixes = torch.cat([prefixes[rows], prev.unsqueeze(1)], dim=1)  # (A'*k, t + 1)
+        scores, active = live_scores[keep], active[keep]  # (A', k), (A',)
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
 def _collect(finished, take, active, origin, token, top_scores, prefixes, alpha) -> None:
-    """Append the hypotheses that end at this step to their sources' finished lists."""
+    """Append the hypotheses that end at this step to their sources' finished lists.
+
+    Args:
+        take: (A, 2k) bool, the candidates that end here and count.
+        active: (A,) source index of each live block.
+        origin, token, top_scores: (A, 2k) row extended, token added, summed log-probability.
+        prefixes: (A*k, t) tokens of every live row.
+    """
     where = take.nonzero(as_tuple=True)  # (live block, candidate rank) pairs
     sources = active[where[0]].tolist()
-    rows = prefixes[origin[where]].tolist()
+    rows = prefixes[origin[where]].tolist()  # the prefix each hypothesis extends
     for source, row, last, score in zip(
         sources, rows, token[where].tolist(), top_scores[where].tolist()
     ):
+        # Eos is not output; a hypothesis cut at the length limit keeps its last token.
         tokens = row if last == EOS_ID else row + [last]
+        # Length + 1 for the eos, whose log-probability ``score`` holds (limit-cut ones too).
         finished[source].append(
             Hypothesis(tokens, score / length_penalty(len(tokens) + 1, alpha), score)
         )

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2s import storage
-from s2s.filters import SPLITS
 
-__all__ = ["ID_COLUMNS", "TEXT_COLUMNS", "write_shards", "read_shard"]
+__all__ = ["SPLITS", "ID_COLUMNS", "TEXT_COLUMNS", "write_shards", "read_shard"]
 
+SPLITS = ("train", "valid", "test")  # a directory each; `split` columns hold the index into this
 ID_COLUMNS = ("src_ids", "tgt_ids", "src_len", "tgt_len")
 TEXT_COLUMNS = ("src", "tgt")
 

@@ -18,8 +18,20 @@ import sentencepiece as spm
 
 from s2s.config import ConfigError
 
-__all__ = ["PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "SPECIAL_IDS", "train_tokenizer", "Tokenizer"]
+__all__ = [
+    "TOKENIZER_FILE",
+    "PAD_ID",
+    "UNK_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "SPECIAL_IDS",
+    "train_tokenizer",
+    "Tokenizer",
+]
 
+# The file name of a SentencePiece model wherever s2s stores one (a prepared corpus, a checkpoint,
+# a CTranslate2 export): part of their contracts (shared/DESIGN.md).
+TOKENIZER_FILE = "tokenizer.model"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 
@@ -59,12 +71,12 @@ def train_tokenizer(
             # Text is NFC-normalised and whitespace-collapsed before it gets here; "identity"
             # keeps SentencePiece from changing it again (NFKC would break the round trip).
             normalization_rule_name="identity",
-            split_digits=True,
-            hard_vocab_limit=model_type != "unigram",
+            split_digits=True,  # numbers as single digits: copied digit by digit
+            hard_vocab_limit=model_type != "unigram",  # unigram: a small corpus gives fewer pieces
             input_sentence_size=0,  # the caller already sampled
-            max_sentence_length=1 << 16,
+            max_sentence_length=1 << 16,  # bytes; the default 4192 skips longer sentences
             num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=2,
+            minloglevel=2,  # errors only
         )
     except RuntimeError as err:
         raise ConfigError(f"SentencePiece training failed: {err}; adjust vocab_size") from None
@@ -123,6 +135,7 @@ class Tokenizer:
         """
         pieces = self._sp.encode(texts, out_type=int)
         lengths = np.fromiter(map(len, pieces), np.int32, count=len(pieces))
+        # Arrow's list layout: row i is flat[offsets[i] : offsets[i + 1]].
         offsets = np.zeros(len(pieces) + 1, np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1]))

@@ -18,12 +18,11 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 import ray.train
 import ray.train.torch
-import sacrebleu
 import torch
 import torch.distributed as dist
 import yaml
@@ -39,6 +38,7 @@ from ray.train import (
 from s2s import cluster, storage
 from s2s.batching import collate, prefetch, to_device
 from s2s.checkpoint import (
+    TrainerState,
     list_checkpoints,
     restore_training,
     save_checkpoint,
@@ -51,6 +51,7 @@ from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
 from s2s.runlog import CURVES_NAME, METRICS_NAME, plot_curves, read_metrics, write_metrics
 from s2s.sampler import DataDigest, EpochPlan, steps
+from s2s.scoring import score
 from s2s.search import greedy_search
 from s2s.shards import read_shard
 from s2s.tokenizer import Tokenizer
@@ -64,7 +65,9 @@ BEST_NAME = "best"  # the checkpoint with the best validation BLEU so far
 
 @dataclass
 class TrainResult:
-    output: str
+    """What :func:`train` returns: where the run is, its last checkpoint and final metrics."""
+
+    output: str  # the run directory (absolute, local or s3://)
     checkpoint: str | None  # URI of the last checkpoint
     metrics: dict
 
@@ -95,33 +98,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     storage.write_bytes(
         config_uri, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode()
     )
-    min_workers, max_workers = cfg.worker_range()
+    min_workers = cfg.worker_range()[0]
     per_worker = {"CPU": cfg.cpus_per_worker, "GPU": 1.0 if cfg.use_gpu else 0.0}
     cluster.wait_for_capacity(
         per_worker, min_workers, f"train with {min_workers} worker(s)", cfg.wait_for_workers_s
     )
-
-    run_fs, run_path = storage.filesystem(cfg.output)
-    trainer = ray.train.torch.TorchTrainer(
-        _train_worker,
-        train_loop_config={"cfg": cfg, "proto": proto, "valid": _valid_subset(cfg, manifest),
-                           "shards": manifest["shards"]["train"]},
-        scaling_config=ScalingConfig(
-            num_workers=(min_workers, max_workers) if min_workers < max_workers else min_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-            # One node and local paths: keep the workers there even if a node joins later.
-            label_selector=place.get("label_selector"),
-            elastic_resize_monitor_interval_s=cfg.resize_interval_s,
-        ),
-        run_config=RunConfig(
-            name=os.path.basename(run_path),
-            storage_path=os.path.dirname(run_path),
-            storage_filesystem=run_fs,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
-        ),
-    )  # fmt: skip
+    trainer = _trainer(cfg, manifest, proto, place.get("label_selector"))
     metrics_uri, curves_uri = (storage.join(cfg.output, n) for n in (METRICS_NAME, CURVES_NAME))
     # Said up front: metrics.jsonl is rewritten at each checkpoint, so a run can be followed.
     logger.info("metrics: %s (each checkpoint), curves: %s (at the end)", metrics_uri, curves_uri)
@@ -134,6 +116,39 @@ def train(cfg: TrainConfig) -> TrainResult:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""
         checkpoint = prefix + result.checkpoint.path
     return TrainResult(cfg.output, checkpoint, dict(result.metrics or {}))
+
+
+def _trainer(
+    cfg: TrainConfig, manifest: dict, proto: bytes, label_selector: dict[str, str] | None
+) -> ray.train.torch.TorchTrainer:
+    """The run's TorchTrainer, in Ray's documented shape; what every worker receives goes in
+    ``train_loop_config`` (read back in :func:`_train_worker`)."""
+    min_workers, max_workers = cfg.worker_range()
+    scaling = ScalingConfig(
+        num_workers=(min_workers, max_workers) if min_workers < max_workers else min_workers,
+        use_gpu=cfg.use_gpu,
+        resources_per_worker={"CPU": cfg.cpus_per_worker},
+        # One node and local paths: keep the workers there even if a node joins later.
+        label_selector=label_selector,
+        elastic_resize_monitor_interval_s=cfg.resize_interval_s,
+    )
+    run_fs, run_path = storage.filesystem(cfg.output)
+    run = RunConfig(
+        name=os.path.basename(run_path),
+        storage_path=os.path.dirname(run_path),
+        storage_filesystem=run_fs,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
+    )
+    loop_config = {
+        "cfg": cfg,
+        "proto": proto,
+        "valid": _valid_subset(cfg, manifest),
+        "shards": manifest["shards"]["train"],
+    }
+    return ray.train.torch.TorchTrainer(
+        _train_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run
+    )
 
 
 def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:
@@ -171,13 +186,23 @@ def _train_worker(config: dict) -> None:
     plan = EpochPlan(
         cfg.data, config["shards"], cfg.shuffle, cfg.shuffle_buffer, cfg.max_tokens, cfg.seed
     )
-    loop = _Loop(cfg, config, model, ddp, optimizer, state, rank, world, device)
-    loop.run(plan)
+    setup = _Setup(
+        model=model,
+        ddp=ddp,
+        optimizer=optimizer,
+        state=state,
+        rank=rank,
+        world=world,
+        device=device,
+        proto=config["proto"],
+        valid=config["valid"],
+    )
+    _Loop(cfg, setup).run(plan)
 
 
 def build_training(
     cfg: TrainConfig, device: torch.device, checkpoint: str | None = None
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrainerState]:
     """(model, optimizer, trainer state) on ``device``, fresh or restored from ``checkpoint``.
 
     The order matters on a GPU: the model goes to its device *before* the optimizer exists and
@@ -188,10 +213,10 @@ def build_training(
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": None, "bad_evals": 0}
+    state = TrainerState()
     if checkpoint is not None:
         state = restore_training(checkpoint, model, optimizer)
-        state["resumed_from"] = [*state.get("resumed_from", []), state["step"]]
+        state.resumed_from.append(state.step)
     return model, optimizer, state
 
 
@@ -212,57 +237,79 @@ def _log_to_stderr() -> None:
     package.propagate = False  # Ray also forwards the root logger: print each line once
 
 
+@dataclass
+class _Setup:
+    """What one worker trains with, built by :func:`_train_worker` and run by :class:`_Loop`."""
+
+    model: torch.nn.Module  # unwrapped: checkpoints and evaluation use it
+    ddp: torch.nn.Module  # the DDP wrapper around ``model``: training steps go through it
+    optimizer: torch.optim.Optimizer
+    state: TrainerState  # fresh or restored; the loop updates it, checkpoints save it
+    rank: int
+    world: int  # workers in this session of the run (an elastic run's may change on restart)
+    device: torch.device
+    proto: bytes  # the SentencePiece model, decoded by evaluation and saved in checkpoints
+    valid: list[tuple[list[int], list[int], str]]  # (source ids, target ids, reference text)
+
+
+@dataclass
+class _Window:
+    """What a log line averages over: this rank's loss sums and token count (on the device, read
+    once per log line), and the target tokens of all workers since the last line."""
+
+    loss: torch.Tensor  # () summed label-smoothed loss
+    nll: torch.Tensor  # () summed negative log-likelihood
+    tokens: torch.Tensor  # () target tokens of this rank's batches
+    tokens_all: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _Window:
+        return cls(*(torch.zeros((), device=device) for _ in range(3)))
+
+
 class _Loop:
     """One worker's training loop; rank 0 logs, evaluates and writes checkpoints."""
 
-    def __init__(self, cfg, config, model, ddp, optimizer, state, rank, world, device):
-        self.cfg, self.proto, self.valid = cfg, config["proto"], config["valid"]
+    def __init__(self, cfg: TrainConfig, setup: _Setup) -> None:
+        self.cfg, self.proto, self.valid = cfg, setup.proto, setup.valid
         self.tokenizer = Tokenizer(self.proto)  # decodes validation outputs
-        self.model, self.ddp, self.optimizer = model, ddp, optimizer
-        self.state, self.rank, self.world, self.device = state, rank, world, device
+        self.model, self.ddp, self.optimizer = setup.model, setup.ddp, setup.optimizer
+        self.rank, self.world, self.device = setup.rank, setup.world, setup.device
+        self.state = state = setup.state
         # Training time counts across resumes: a time budget is a budget for the whole run.
-        self.start = time.perf_counter() - state.get("elapsed_s", 0.0)
-        self.elapsed = state.get("elapsed_s", 0.0)  # seconds, the same on every rank
-        self.first_step = state["step"]  # where this session of the run began (resumes differ)
+        self.start = time.perf_counter() - state.elapsed_s
+        self.elapsed = state.elapsed_s  # seconds, the same on every rank
+        self.first_step = state.step  # where this session of the run began (resumes differ)
         self.first_elapsed = self.elapsed
         self.lr = 0.0  # set before every optimizer step
-        self.reported_step = state["step"]  # the step of the last report (and checkpoint)
+        self.reported_step = state.step  # the step of the last report (and checkpoint)
         # Batches per optimizer step over all workers: the same whatever the current world size.
         self.per_step = cfg.worker_range()[1] * cfg.update_freq
-        self.digest = DataDigest(state.get("data_digest", ""))  # rank 0's, saved in the state
-        self.window = self._new_window()
-        self.metrics = (
-            read_metrics(cfg.output, state["step"]) if rank == 0 and state["step"] else []
-        )
-        self.precision = resolve_precision(cfg.precision, device)
+        self.digest = DataDigest(state.data_digest)  # rank 0's, saved in the state
+        self.window = _Window.zeros(self.device)
+        self.metrics = read_metrics(cfg.output, state.step) if self.rank == 0 and state.step else []
+        self.precision = resolve_precision(cfg.precision, self.device)
         if self.precision == "fp32":
-            enable_tf32(device)
-        self.autocast = autocast(self.precision, device)
+            enable_tf32(self.device)
+        self.autocast = autocast(self.precision, self.device)
         # Control collectives (the clock) on the CPU: under NCCL a GPU tensor would make every
         # step wait for the device to drain before the host could read the agreed value.
-        self.control = (
-            dist.new_group(backend="gloo") if world > 1 and dist.get_backend() == "nccl" else None
-        )
-        if rank == 0:
+        nccl = self.world > 1 and dist.get_backend() == "nccl"
+        self.control = dist.new_group(backend="gloo") if nccl else None
+        if self.rank == 0:
+            millions = sum(p.numel() for p in self.model.parameters()) / 1e6
             logger.info(
                 "training %s (%.1fM parameters) on %d worker(s), %s, %s, from step %d "
                 "(epoch %d, batch %d)",
-                cfg.preset, sum(p.numel() for p in model.parameters()) / 1e6, world,
-                device.type, self.precision, state["step"], state["epoch"],
-                state["batch_in_epoch"],
-            )  # fmt: skip
-
-    def _new_window(self) -> dict:
-        """What a log line averages over: this rank's loss sums (on the device) and tokens, and
-        the target tokens of all workers."""
-        zero = torch.zeros((), device=self.device)
-        return {"loss": zero, "nll": zero.clone(), "tokens": zero.clone(), "tokens_all": 0,
-                "time": time.perf_counter()}  # fmt: skip
+                *(cfg.preset, millions, self.world, self.device.type, self.precision),
+                *(state.step, state.epoch, state.batch_in_epoch),
+            )
 
     def run(self, plan: EpochPlan) -> None:
         state = self.state
         while not self._done():
-            epoch = steps(plan.batches(state["epoch"]), self.per_step, state["batch_in_epoch"])
+            epoch = steps(plan.batches(state.epoch), self.per_step, state.batch_in_epoch)
             trained = False
             for group, share in prefetch(epoch, self._share, ahead=self.device.type == "cuda"):
                 self.elapsed = self._agreed_elapsed()
@@ -271,14 +318,14 @@ class _Loop:
                 self._train_step(group, share)
                 trained = True
             else:  # the epoch is over
-                if not trained and not state["batch_in_epoch"]:
+                if not trained and not state.batch_in_epoch:
                     raise RuntimeError(
                         f"an epoch of {self.cfg.data} holds fewer batches than one step "
                         f"({self.per_step}): lower max_tokens, update_freq or the workers"
                     )
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-        if state["step"] > self.reported_step:  # a budget or max_epochs ended it: report the end
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        if state.step > self.reported_step:  # a budget or max_epochs ended it: report the end
             self._report(evaluate=True)
 
     def _share(self, group: list[list]) -> list[dict[str, torch.Tensor]]:
@@ -289,8 +336,8 @@ class _Loop:
         """Train on one step's batches, then log, evaluate and checkpoint when due."""
         cfg = self.cfg
         self._step(group, share)
-        self.state["batch_in_epoch"] += len(group)
-        step = self.state["step"]
+        self.state.batch_in_epoch += len(group)
+        step = self.state.step
         if step % cfg.log_every == 0:
             self._log()
         # The last step always evaluates: the run's final metrics carry its BLEU.
@@ -310,11 +357,11 @@ class _Loop:
 
     def _done(self) -> bool:
         cfg, s = self.cfg, self.state
-        if cfg.max_steps and s["step"] >= cfg.max_steps:
+        if cfg.max_steps and s.step >= cfg.max_steps:
             return True
-        if cfg.max_epochs and s["epoch"] >= cfg.max_epochs:
+        if cfg.max_epochs and s.epoch >= cfg.max_epochs:
             return True
-        if cfg.patience and s["bad_evals"] >= cfg.patience:
+        if cfg.patience and s.bad_evals >= cfg.patience:
             return True
         # self.elapsed, not this rank's clock: every rank must stop at the same step.
         return bool(cfg.max_time_min and self.elapsed >= 60 * cfg.max_time_min)
@@ -323,7 +370,7 @@ class _Loop:
         """How far through training the run is, 0..1 (what cosine/linear decay follow)."""
         cfg, done = self.cfg, []
         if cfg.max_steps:
-            done.append(self.state["step"] / cfg.max_steps)
+            done.append(self.state.step / cfg.max_steps)
         if cfg.max_time_min:
             done.append(self.elapsed / (60 * cfg.max_time_min))
         return max(done, default=0.0)
@@ -335,13 +382,13 @@ class _Loop:
         the gradients then equals the gradient of the whole step's loss, however the batches
         are shared. Nothing here reads a number back from the device: a GPU runs ahead until a
         log line asks for the loss."""
-        cfg, step = self.cfg, self.state["step"]
+        cfg, step, window = self.cfg, self.state.step, self.window
         if self.rank == 0:
             self.digest.update(group)
         tokens = sum(len(tgt) + 1 for batch in group for _, tgt in batch)  # + eos
         scale = self.world / tokens
-        self.state["tgt_tokens_seen"] = self.state.get("tgt_tokens_seen", 0) + tokens
-        self.window["tokens_all"] += tokens
+        self.state.tgt_tokens_seen += tokens
+        window.tokens_all += tokens
         # Dropout masks depend on (seed, step, rank) alone: a resumed run repeats them.
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + self.rank)
         self.ddp.train()
@@ -351,9 +398,9 @@ class _Loop:
                 logits = self.ddp(batch["src"], batch["tgt_in"])  # (B, T, V)
                 loss, nll, n = label_smoothed_loss(logits, batch["tgt_out"], cfg.label_smoothing)
             (loss * scale).backward()
-            self.window["loss"] += loss.detach().float()  # no device sync until a log line
-            self.window["nll"] += nll.detach().float()
-            self.window["tokens"] += n
+            window.loss += loss.detach().float()  # no device sync until a log line
+            window.nll += nll.detach().float()
+            window.tokens += n
         if cfg.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.clip_norm)
         self.lr = cfg.lr * lr_multiplier(step + 1, cfg.warmup, cfg.schedule, self._progress())
@@ -361,25 +408,25 @@ class _Loop:
             param_group["lr"] = self.lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.state["step"] += 1
+        self.state.step += 1
 
     def _log(self) -> None:
         w, now = self.window, time.perf_counter()
         # The one read from the device per log line (each read waits for the device to drain).
-        loss, nll, tokens = torch.stack([w["loss"], w["nll"], w["tokens"]]).tolist()
+        loss, nll, tokens = torch.stack([w.loss, w.nll, w.tokens]).tolist()
         tokens = max(tokens, 1.0)
         elapsed = self.elapsed
-        step = self.state["step"]
-        rate = w["tokens_all"] / max(now - w["time"], 1e-9)
+        step = self.state.step
+        rate = w.tokens_all / max(now - w.started, 1e-9)
         line = {
             "step": step,
-            "epoch": self.state["epoch"],
+            "epoch": self.state.epoch,
             "loss": round(loss / tokens, 4),
             "ppl": round(math.exp(min(nll / tokens, 50)), 2),
             "lr": self.lr,
             "workers": self.world,
             "tgt_tokens_per_s": round(rate),
-            "tgt_tokens_seen": self.state["tgt_tokens_seen"],  # all workers, since the start
+            "tgt_tokens_seen": self.state.tgt_tokens_seen,  # all workers, since the start
             "elapsed_s": round(elapsed, 1),
         }
         if self.cfg.max_steps:
@@ -389,16 +436,16 @@ class _Loop:
             left = 60 * self.cfg.max_time_min - elapsed
             line["eta_s"] = round(min(line.get("eta_s", left), left))
         self.metrics.append(line)
-        self.window = self._new_window()
+        self.window = _Window.zeros(self.device)
         if self.rank == 0:
             eta = f" eta {line['eta_s']}s" if "eta_s" in line else ""
+            values = (step, line["loss"], line["ppl"], line["lr"], rate, elapsed, eta)
             logger.info(
-                "step %d | loss %.3f | ppl %.1f | lr %.2e | %d tgt tok/s | %.0fs%s",
-                step, line["loss"], line["ppl"], line["lr"], rate, elapsed, eta,
-            )  # fmt: skip
+                "step %d | loss %.3f | ppl %.1f | lr %.2e | %d tgt tok/s | %.0fs%s", *values
+            )
 
     def _evaluate(self) -> dict:
-        """Valid loss and greedy BLEU/chrF on the valid subset (rank 0; others skip)."""
+        """Valid perplexity and greedy BLEU/chrF on the valid subset (rank 0; others skip)."""
         if not self.valid:
             return {}
         model = self.model.eval()
@@ -415,34 +462,39 @@ class _Loop:
                 )
                 nll, tokens = nll + float(part), tokens + int(n)
                 hyps += self.tokenizer.decode(greedy_search(model, src))
-        refs = [r for _, _, r in self.valid]
+        scores = score(hyps, [r for _, _, r in self.valid])  # what `s2s evaluate` reports
         return {
             "valid_ppl": round(math.exp(min(nll / max(tokens, 1), 50)), 2),
-            "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
-            "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2),
+            "bleu": scores["bleu"],
+            "chrf": scores["chrf"],
         }
 
     def _report(self, evaluate: bool) -> None:
-        self.reported_step = self.state["step"]
-        self.state["elapsed_s"] = round(self.elapsed, 1)
-        self.state["data_digest"] = self.digest.value
-        metrics = {"step": self.state["step"], "epoch": self.state["epoch"]}
-        metrics["elapsed_s"] = self.state["elapsed_s"]
-        metrics["tgt_tokens_seen"] = self.state.get("tgt_tokens_seen", 0)
-        metrics["workers"] = self.world
-        metrics["data_digest"] = self.digest.value
-        metrics["replicas_in_sync"] = self._replicas_in_sync()
+        """Report metrics (and, on rank 0, a checkpoint) to Ray Train; every rank calls it."""
+        state = self.state
+        self.reported_step = state.step
+        state.elapsed_s = round(self.elapsed, 1)
+        state.data_digest = self.digest.value
+        metrics = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "elapsed_s": state.elapsed_s,
+            "tgt_tokens_seen": state.tgt_tokens_seen,
+            "workers": self.world,
+            "data_digest": self.digest.value,
+            "replicas_in_sync": self._replicas_in_sync(),
+        }
         if evaluate and self.rank == 0:
             metrics.update(self._evaluate())
             bleu = metrics.get("bleu")
             if bleu is not None:
-                better = self.state["best_bleu"] is None or bleu > self.state["best_bleu"]
-                self.state["best_bleu"] = bleu if better else self.state["best_bleu"]
-                self.state["bad_evals"] = 0 if better else self.state["bad_evals"] + 1
+                better = state.best_bleu is None or bleu > state.best_bleu
+                state.best_bleu = bleu if better else state.best_bleu
+                state.bad_evals = 0 if better else state.bad_evals + 1
         if self.world > 1:  # every rank must agree on early stopping
-            flags = torch.tensor([self.state["bad_evals"]])  # on the CPU: see self.control
+            flags = torch.tensor([state.bad_evals])  # on the CPU: see self.control
             dist.broadcast(flags, src=0, group=self.control)
-            self.state["bad_evals"] = int(flags)
+            state.bad_evals = int(flags)
         if self.rank != 0:
             ray.train.report(metrics)
             return
@@ -450,9 +502,7 @@ class _Loop:
         optimizer_state = {"optimizer": self.optimizer.state_dict()}
         # Ray Train uploads the directory (and, async, deletes it after) while training goes on.
         directory = tempfile.mkdtemp(prefix="s2s-checkpoint-")
-        save_checkpoint(
-            directory, self.model, self.cfg.model, self.proto, dict(self.state), optimizer_state
-        )
+        save_checkpoint(directory, self.model, self.cfg.model, self.proto, state, optimizer_state)
         upload = self.cfg.checkpoint_upload
         ray.train.report(
             metrics,
@@ -460,10 +510,10 @@ class _Loop:
             checkpoint_upload_mode=CheckpointUploadMode[upload.upper()],
             delete_local_checkpoint_after_upload=True,
         )
-        if "bleu" in metrics and self.state["bad_evals"] == 0:
+        if "bleu" in metrics and state.bad_evals == 0:
             # The best by BLEU is kept apart from Ray's last-K rotation (weights and state only).
             best = storage.join(self.cfg.output, BEST_NAME)
-            save_checkpoint(best, self.model, self.cfg.model, self.proto, dict(self.state))
+            save_checkpoint(best, self.model, self.cfg.model, self.proto, state)
         write_metrics(self.cfg.output, self.metrics)
 
     def _replicas_in_sync(self) -> bool:

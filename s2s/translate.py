@@ -18,63 +18,51 @@ Why finishing runs in tasks: it costs several requests per input (read the piece
 input's documents again, write, count the rows written, delete the pieces); for a nightly inbox of
 100,000 small files that is most of the requests of the run, too many for one process. The driver
 keeps an integer per input, a few futures and a bounded ``_run.json`` (counts, the first failures).
+
+In code, three steps, each leaving a record for the next: :func:`_plan_run` gives a
+:class:`RunPlan` (inputs, remaining pieces per input, work items); :func:`_translate_pieces`
+counts the actors' :class:`PieceSummary` rows into a :class:`RunTotals` and hands complete inputs
+to a :class:`_Finisher`; :func:`_run_summary` turns both into ``_run.json``.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import json
 import logging
-import math
 import queue
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow as pa
 import ray
-import torch
 
 from s2s import __version__, cluster, storage
-from s2s.config import TranslateConfig, from_dict
+from s2s.config import TranslateConfig
 from s2s.documents import (
     WORK_DIR,
-    Documents,
     InputFile,
     Piece,
     finish_input,
     plan_outputs,
     plan_pieces,
-    read_piece,
-    result_table,
-    write_work,
 )
 from s2s.lease import LEASE_NAME, Lease
-from s2s.poison import NOT_ABOUT_A_RECORD, describe, isolate
-from s2s.translator import DocumentResult, Translator
 from s2s.translator import model_id as translator_model_id
+from s2s.work import ERROR_SAMPLES, DocumentCounts, PieceSummary, PieceTranslator, work_items
 
 __all__ = ["translate", "TranslateResult", "RUN_SUMMARY"]
 
 log = logging.getLogger(__name__)
 RUN_SUMMARY = "_run.json"
-_ERROR_SAMPLES = 20
 # _run.json counts every failed input but lists only the first this many (in input order): the
 # summary of a 100,000-file inbox stays small even when every file fails.
 _FAILURES_LISTED = 100
-_COUNTS = (
-    "documents", "errors", "warnings", "sentences", "src_tokens", "tgt_tokens", "blank_lines",
-)  # fmt: skip
-# Pieces per work item (one actor call), at most. Packed by piece_mb alone, an inbox of small files
-# puts thousands in each item: a handful of items for the whole pool, finishing in bursts, and a
-# lost actor redoing thousands of files. 256 short documents still batch well.
-_ITEM_PIECES = 256
-_IO_THREADS = 8  # per actor: reading small pieces and writing results is latency-bound
 # Finishing tasks reserve no CPU: each is a few requests per input, and a translator pool sized to
 # the nodes (cpus_per_actor = a node's cores, the usual setting) leaves no fraction of a CPU free,
 # so a task asking for 0.1 would wait for the pool to end, or make an autoscaler add a node for
@@ -87,8 +75,11 @@ _FINISH_THREADS = 8  # inputs finished concurrently within a task (I/O-bound)
 
 @dataclass
 class TranslateResult:
+    """What a run returns: where the outputs went, and what ``_run.json`` there holds (its keys
+    are read by ``s2s translate``'s printed summary, jobs/pipeline.py and the tests)."""
+
     output: str
-    summary: dict  # what _run.json holds
+    summary: dict
 
 
 def translate(cfg: TranslateConfig) -> TranslateResult:
@@ -119,21 +110,84 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
     return TranslateResult(cfg.output, summary)
 
 
-@dataclass
-class _Plan:
-    """What planning found; ``remaining`` is the one thing kept per input."""
+def _translate_under_lease(
+    cfg: TranslateConfig,
+    inputs: list[InputFile],
+    model_id: str,
+    lease: Lease,
+    started: float,
+    place: dict,
+) -> dict:
+    """The run as three steps, each leaving a record the next one reads: plan (a RunPlan),
+    translate and finish (a RunTotals), then the summary, written as ``_run.json``. Failures of
+    every step go to one bounded _Report."""
+    report = _Report()
+    plan = _plan_run(cfg, inputs, model_id, report)
+    totals = _translate_pieces(cfg, plan, lease, report, place, started)
+    summary = _run_summary(cfg, plan, totals, report, time.time() - started)
+    run_json = json.dumps(summary, indent=2).encode()
+    storage.write_bytes(storage.join(cfg.output, RUN_SUMMARY), run_json)
+    return summary
 
-    remaining: list[int]  # input -> pieces still to translate; -1 once the input failed
+
+@dataclass(frozen=True)
+class PieceLayout:
+    """How inputs are cut into pieces and how their outputs are written: what planning used,
+    kept so that a finishing task cuts the same pieces again from an input alone."""
+
+    output: str  # the output root; piece files go under <output>/_work/
+    settings: str  # JSON of [model id, decoding settings]: a piece is reused only under the same
+    piece_bytes: int
+    out_format: str
+
+    def pieces(self, index: int, source: InputFile) -> list[Piece]:
+        """The pieces of input ``index``, the same whoever asks."""
+        return plan_pieces(index, source, self.output, self.settings, self.piece_bytes)
+
+
+@dataclass
+class RunPlan:
+    """What planning found, before any translation. ``remaining`` is the one number kept per
+    input (a nightly inbox may hold 100,000): its pieces still to land; -1 once it failed."""
+
+    model_id: str
+    inputs: list[InputFile]
+    layout: PieceLayout
+    remaining: list[int]
     ready: list[int] = field(default_factory=list)  # inputs an earlier run translated wholly
+    items: list[str] = field(default_factory=list)  # work items (JSON): one actor call each
     already_complete: int = 0  # inputs
     to_translate: int = 0  # inputs
     pieces: int = 0  # pieces to translate
     reused: int = 0  # pieces an earlier run finished
 
+    def landed(self, piece: PieceSummary, report: _Report) -> bool:
+        """Count a piece in; True when it was its input's last, so the input can be finished.
+        A failed piece fails its input once; the input's other pieces are then ignored."""
+        i = piece.input
+        if piece.failed and self.remaining[i] >= 0:
+            self.remaining[i] = -1  # reported, never finished; the other inputs go on
+            report.fail(i, self.inputs[i].uri, piece.failed)
+        elif self.remaining[i] > 0:
+            self.remaining[i] -= 1
+            return not self.remaining[i]
+        return False
+
+
+@dataclass
+class RunTotals:
+    """What the run counted: documents summed over pieces as they land (driver thread), inputs
+    and rows as finishing tasks report them (the finisher's thread, read once it is closed)."""
+
+    counts: DocumentCounts = field(default_factory=DocumentCounts)
+    translated: int = 0  # inputs whose output file was written and checked
+    rows_written: int = 0
+    planning_s: float = 0.0  # listing and cutting pieces, until the work is handed to Ray
+
 
 class _Report:
     """Failures and error samples, bounded whatever the inbox size: every failed input counted,
-    the first _FAILURES_LISTED listed (in input order), the first _ERROR_SAMPLES messages kept.
+    the first _FAILURES_LISTED listed (in input order), the first ERROR_SAMPLES messages kept.
     The driver's two threads write to it."""
 
     def __init__(self) -> None:
@@ -151,101 +205,104 @@ class _Report:
 
     def sample(self, errors: list[str]) -> None:
         with self._lock:
-            self.samples += errors[: max(0, _ERROR_SAMPLES - len(self.samples))]
+            self.samples += errors[: max(0, ERROR_SAMPLES - len(self.samples))]
 
 
-def _translate_under_lease(
-    cfg: TranslateConfig,
-    inputs: list[InputFile],
-    model_id: str,
-    lease: Lease,
-    started: float,
-    place: dict,
-) -> dict:
+def _plan_run(
+    cfg: TranslateConfig, inputs: list[InputFile], model_id: str, report: _Report
+) -> RunPlan:
+    """Decide what the run does: which inputs are complete, which pieces an earlier run left,
+    and the work items for the actors. Pieces stream straight into work items (one JSON string
+    per actor call), so a large inbox is never held as Piece objects."""
     settings = json.dumps([model_id, _decode_settings(cfg)])
-    piece_bytes = int(cfg.piece_mb * 2**20)
-    plan, report = _Plan(remaining=[0] * len(inputs)), _Report()
-    pending = _pending_pieces(cfg, inputs, settings, piece_bytes, plan, report)
-    items = list(_work_items(pending, inputs, piece_bytes))
+    layout = PieceLayout(cfg.output, settings, int(cfg.piece_mb * 2**20), cfg.format)
+    plan = RunPlan(model_id, inputs, layout, remaining=[0] * len(inputs))
+    plan.items = list(work_items(_pending_pieces(cfg, plan, report), inputs, layout.piece_bytes))
     log.info(
         "%d inputs: %d complete, %d to translate in %d pieces (%d left by an earlier run)",
-        len(inputs), plan.already_complete, plan.to_translate, plan.pieces, plan.reused,
-    )  # fmt: skip
-    totals = Counter({key: 0 for key in _COUNTS})
-    translated = rows_written = 0
-    planning_s = time.time() - started
-    if items or plan.ready:
-        cluster.connect()
-        plan_args = (cfg.output, settings, piece_bytes, cfg.format)
-        finisher = _Finisher(inputs, plan_args, report, place)
-        try:
-            for i in plan.ready:  # inputs all of whose pieces an earlier run finished
-                finisher.put(i)
-            summaries = _run_pieces(cfg, items, model_id, place) if items else iter(())
-            del items  # Ray Data holds them now
-            planning_s = time.time() - started
-            log.info("planned in %.1f s", planning_s)
-            for summary in summaries:
-                lease.check()
-                i = summary["input"]
-                totals.update({key: summary[key] for key in _COUNTS})
-                report.sample(summary["error_samples"])
-                if summary["failed"] and plan.remaining[i] >= 0:
-                    plan.remaining[i] = -1  # reported, never finished; the others go on
-                    report.fail(i, inputs[i].uri, summary["failed"])
-                elif plan.remaining[i] > 0:
-                    plan.remaining[i] -= 1
-                    if not plan.remaining[i]:
-                        finisher.put(i)
-            finisher.close(lease)
-        finally:
-            finisher.stop()
-        translated, rows_written = finisher.translated, finisher.rows_written
-    seconds = time.time() - started
-    summary = {
+        len(inputs),
+        plan.already_complete,
+        plan.to_translate,
+        plan.pieces,
+        plan.reused,
+    )
+    return plan
+
+
+def _translate_pieces(
+    cfg: TranslateConfig,
+    plan: RunPlan,
+    lease: Lease,
+    report: _Report,
+    place: dict,
+    started: float,
+) -> RunTotals:
+    """Hand the work items to the translator pool and count piece summaries as they come. An
+    input goes to the finisher when its last piece lands, or at once when an earlier run
+    translated all of it. A rerun with nothing to do connects to no Ray cluster."""
+    totals = RunTotals(planning_s=time.time() - started)
+    if not (plan.items or plan.ready):
+        return totals
+    cluster.connect()
+    finisher = _Finisher(plan, report, totals, place)
+    try:
+        for i in plan.ready:
+            finisher.put(i)
+        pieces = _run_pieces(cfg, plan.items, plan.model_id, place) if plan.items else iter(())
+        plan.items = []  # Ray Data holds them now
+        totals.planning_s = time.time() - started
+        log.info("planned in %.1f s", totals.planning_s)
+        for piece in pieces:
+            lease.check()
+            totals.counts.add(piece.counts)
+            report.sample(piece.error_samples)
+            if plan.landed(piece, report):
+                finisher.put(piece.input)
+        finisher.close(lease)
+    finally:
+        finisher.stop()
+    return totals
+
+
+def _run_summary(
+    cfg: TranslateConfig, plan: RunPlan, totals: RunTotals, report: _Report, seconds: float
+) -> dict:
+    """The run's record, ``_run.json``: bounded (counts, the first failures), whatever the
+    inbox size. Its keys are a contract: the CLI, jobs/pipeline.py and the tests read them."""
+    counts = totals.counts
+    return {
         "s2s_version": __version__,
-        "model": model_id,
+        "model": plan.model_id,
         "input": cfg.input,
         "output": cfg.output,
         "inputs": {
-            "total": len(inputs),
+            "total": len(plan.inputs),
             "already_complete": plan.already_complete,
-            "translated": translated,  # failed inputs count in neither
+            "translated": totals.translated,  # failed inputs count in neither
             "failed_count": report.failed_count,
             # The first _FAILURES_LISTED, in input order; failed_count has them all.
             "failed": [{"input": uri, "error": err} for _, uri, err in report.failed],
         },
         "pieces": {"translated": plan.pieces, "reused_from_earlier_run": plan.reused},
-        "documents": totals["documents"],
-        "rows_written": rows_written,
-        "errors": totals["errors"],
-        "warnings": totals["warnings"],
+        "documents": counts.documents,
+        "rows_written": totals.rows_written,
+        "errors": counts.errors,
+        "warnings": counts.warnings,
         "error_samples": report.samples,
-        "blank_lines_skipped": totals["blank_lines"],
-        "sentences": totals["sentences"],
-        "src_tokens": totals["src_tokens"],
-        "tgt_tokens": totals["tgt_tokens"],
-        "planning_s": round(planning_s, 2),  # listing and pieces, until work is handed to Ray
+        "blank_lines_skipped": counts.blank_lines,
+        "sentences": counts.sentences,
+        "src_tokens": counts.src_tokens,
+        "tgt_tokens": counts.tgt_tokens,
+        "planning_s": round(totals.planning_s, 2),  # until work is handed to Ray
         "seconds": round(seconds, 2),
-        "documents_per_s": round(totals["documents"] / seconds, 2),
-        "sentences_per_s": round(totals["sentences"] / seconds, 2),
-        "tokens_per_s": round(totals["tgt_tokens"] / seconds, 1),
+        "documents_per_s": round(counts.documents / seconds, 2),
+        "sentences_per_s": round(counts.sentences / seconds, 2),
+        "tokens_per_s": round(counts.tgt_tokens / seconds, 1),
         "settings": _decode_settings(cfg),
     }
-    storage.write_bytes(
-        storage.join(cfg.output, RUN_SUMMARY), json.dumps(summary, indent=2).encode()
-    )
-    return summary
 
 
-def _pending_pieces(
-    cfg: TranslateConfig,
-    inputs: list[InputFile],
-    settings: str,
-    piece_bytes: int,
-    plan: _Plan,
-    report: _Report,
-) -> Iterator[Piece]:
+def _pending_pieces(cfg: TranslateConfig, plan: RunPlan, report: _Report) -> Iterator[Piece]:
     """The pieces to translate, input by input; what else planning finds goes into ``plan``.
 
     One listing of the output prefix says both which outputs exist and which pieces an earlier
@@ -259,12 +316,12 @@ def _pending_pieces(
     else:
         for ref in storage.expand(cfg.output):
             (finished if ref.uri.startswith(work_root + "/") else written).add(ref.uri)
-    for i, source in enumerate(inputs):
+    for i, source in enumerate(plan.inputs):
         if source.output in written:
             plan.already_complete += 1
             continue
         try:
-            pieces = plan_pieces(i, source, cfg.output, settings, piece_bytes)
+            pieces = plan.layout.pieces(i, source)
         except storage.StorageError as err:  # e.g. a large Parquet file whose footer is broken
             plan.remaining[i] = -1
             report.fail(i, source.uri, str(err))
@@ -279,40 +336,54 @@ def _pending_pieces(
         yield from todo
 
 
+# What changes a translation; a piece from a run with other settings is not reused.
+_DECODE_SETTINGS = (
+    "engine",
+    "compute_type",
+    "beam",
+    "length_penalty",
+    "max_len_a",
+    "max_len_b",
+    "max_input_tokens",
+    "precision",
+    "max_document_chars",
+    "id_column",
+    "text_column",
+    "keep_source",
+    "input_format",
+)
+
+
 def _decode_settings(cfg: TranslateConfig) -> dict:
-    """What changes a translation; a piece from a run with other settings is not reused."""
-    keys = (
-        "engine", "compute_type", "beam", "length_penalty", "max_len_a", "max_len_b",
-        "max_input_tokens", "precision", "max_document_chars", "id_column", "text_column",
-        "keep_source", "input_format",
-    )  # fmt: skip
-    return {k: getattr(cfg, k) for k in keys}
+    """The settings that change a translation, by name (in ``_run.json`` and piece keys)."""
+    return {k: getattr(cfg, k) for k in _DECODE_SETTINGS}
 
 
 @ray.remote(num_cpus=_FINISH_CPUS, scheduling_strategy="SPREAD")
-def _finish_inputs(jobs: list[tuple[int, tuple]], plan: tuple) -> list[tuple[int, int, str | None]]:
+def _finish_inputs(
+    jobs: list[tuple[int, tuple]], layout: PieceLayout
+) -> list[tuple[int, int, str | None]]:
     """A Ray task: write the output files of inputs whose pieces are all in, each on its own (a
     StorageError fails that input, not the others). Safe to retry (``finish_input``).
 
     Args:
         jobs: (input index, the InputFile's fields) per input.
-        plan: (output root, settings, piece bytes, output format): what cut the pieces.
+        layout: what cut the pieces, to cut them again.
 
     Returns:
         (input index, rows written, why it failed or None) per input.
     """
-    output, settings, piece_bytes, out_format = plan
-
-    def finish(job: tuple[int, tuple]) -> tuple[int, int, str | None]:
-        i, source = job[0], InputFile(*job[1])
-        try:
-            pieces = plan_pieces(i, source, output, settings, piece_bytes)
-            return i, finish_input(source, pieces, out_format), None
-        except storage.StorageError as err:
-            return i, 0, str(err)
-
     with ThreadPoolExecutor(min(_FINISH_THREADS, len(jobs))) as pool:
-        return list(pool.map(finish, jobs))
+        return list(pool.map(functools.partial(_finish_one, layout), jobs))
+
+
+def _finish_one(layout: PieceLayout, job: tuple[int, tuple]) -> tuple[int, int, str | None]:
+    """One input of a finishing task: (index, rows written, why it failed or None)."""
+    i, source = job[0], InputFile(*job[1])
+    try:
+        return i, finish_input(source, layout.pieces(i, source), layout.out_format), None
+    except storage.StorageError as err:
+        return i, 0, str(err)
 
 
 class _Finisher:
@@ -320,11 +391,11 @@ class _Finisher:
     (_FINISH_TASKS_PER_NODE per node), each for up to _FINISH_BATCH inputs, results counted as
     they come. The driver holds a few futures, never one per input."""
 
-    def __init__(self, inputs: list[InputFile], plan: tuple, report: _Report, place: dict) -> None:
-        self.inputs, self.plan, self.report = inputs, plan, report
+    def __init__(self, plan: RunPlan, report: _Report, totals: RunTotals, place: dict) -> None:
+        self.inputs, self.layout = plan.inputs, plan.layout
+        self.report, self.totals = report, totals
         self.task = _finish_inputs.options(**place)
         self.in_flight = _FINISH_TASKS_PER_NODE * max(1, sum(n["Alive"] for n in ray.nodes()))
-        self.translated = self.rows_written = 0
         self._ready: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -347,6 +418,7 @@ class _Finisher:
             raise self._error
 
     def stop(self) -> None:
+        """End the thread, cancelling what is in flight if the run failed before close()."""
         self._stop.set()
         self._thread.join()
 
@@ -365,7 +437,7 @@ class _Finisher:
             while waiting and len(running) < self.in_flight:
                 batch = [waiting.popleft() for _ in range(min(_FINISH_BATCH, len(waiting)))]
                 jobs = [(i, dataclasses.astuple(self.inputs[i])) for i in batch]
-                running.add(self.task.remote(jobs, self.plan))
+                running.add(self.task.remote(jobs, self.layout))
             if running:
                 done, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
                 for ref in done:
@@ -391,14 +463,14 @@ class _Finisher:
             if error:
                 self.report.fail(i, source.uri, error)
             else:
-                self.translated += 1
-                self.rows_written += rows
+                self.totals.translated += 1
+                self.totals.rows_written += rows
                 log.info("%s: %d documents -> %s", source.name, rows, source.output)
 
 
 def _run_pieces(
     cfg: TranslateConfig, items: list[str], model_id: str, place: dict
-) -> Iterator[dict]:
+) -> Iterator[PieceSummary]:
     """One summary per piece, as the translator pool finishes it."""
     min_actors, max_actors = cfg.actor_pool()
     # Ray Data would wait forever for actors the cluster cannot place (a --gpu job on a cluster
@@ -410,7 +482,7 @@ def _run_pieces(
     dataset = ray.data.from_items(
         [{"pieces": item} for item in items], override_num_blocks=len(items)
     ).map_batches(
-        _PieceTranslator,
+        PieceTranslator,
         fn_constructor_kwargs={"cfg": dataclasses.asdict(cfg), "model_id": model_id},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
@@ -418,155 +490,4 @@ def _run_pieces(
         num_gpus=cfg.gpus_per_actor if cfg.use_gpu else 0,
         **place,
     )
-    return (summary for row in dataset.iter_rows() for summary in json.loads(row["summaries"]))
-
-
-def _work_items(
-    pieces: Iterable[Piece], inputs: list[InputFile], piece_bytes: int
-) -> Iterator[str]:
-    """Pieces grouped into actor calls, as the JSON that travels to the actors: small files share
-    a call, so their sentences batch together; a call holds at most _ITEM_PIECES pieces."""
-    item, size = [], 0
-    for piece in pieces:
-        source = inputs[piece.input]
-        piece_size = (
-            piece.end - piece.start if source.format == "jsonl" and piece.end else source.size
-        )
-        if item and (size + piece_size > piece_bytes or len(item) >= _ITEM_PIECES):
-            yield json.dumps(item)
-            item, size = [], 0
-        # Each piece travels with its input's description: actors need nothing else.
-        item.append([dataclasses.astuple(piece), dataclasses.astuple(source)])
-        size += piece_size
-    if item:
-        yield json.dumps(item)
-
-
-class _PieceTranslator:
-    """A translator actor: loads the checkpoint once, then translates work items of pieces."""
-
-    def __init__(self, cfg: dict, model_id: str) -> None:
-        # All torch work runs on one thread of our own: Ray Data calls __init__ and __call__ on
-        # different threads, OpenMP keeps a team of worker threads per calling thread, and two
-        # teams on the same cores translate 40% slower (measured; see README, bench_translate).
-        self._engine = ThreadPoolExecutor(1, thread_name_prefix="s2s-engine")
-        self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="s2s-io")
-        self.cfg = from_dict(TranslateConfig, cfg)
-        self.translator = self._engine.submit(self._load, model_id).result()
-
-    def _load(self, model_id: str) -> Translator:
-        torch.set_num_threads(self.cfg.torch_threads or max(1, math.floor(self.cfg.cpus_per_actor)))
-        # A fraction of a GPU (several actors on one): torch's allocator is capped at it.
-        translator = Translator(self.cfg, gpu_share=self.cfg.gpus_per_actor)
-        if translator.model_id != model_id:
-            raise RuntimeError(
-                f"{self.cfg.model} changed during the run ({model_id} -> {translator.model_id})"
-            )
-        return translator
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return self._engine.submit(self._call, batch).result()
-
-    def _call(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        summaries = []
-        for item in batch["pieces"]:
-            pieces = [(Piece(*p), InputFile(*source)) for p, source in json.loads(item)]
-            summaries += self._translate(pieces)
-        return {"summaries": [json.dumps(summaries)]}
-
-    def _read(self, job: tuple[Piece, InputFile]) -> tuple[Documents | None, str | None]:
-        piece, source = job
-        try:
-            return read_piece(source, piece, self.cfg.id_column, self.cfg.text_column), None
-        except storage.StorageError as err:  # the input is reported failed, not finished
-            return None, str(err)
-        except NOT_ABOUT_A_RECORD:
-            raise
-        except Exception as err:  # content no reader step expected: this input fails alone
-            return None, f"{source.uri}: cannot read: {describe(err)}"
-
-    def _translate(self, pieces: list[tuple[Piece, InputFile]]) -> list[dict]:
-        """Translate the documents of several pieces together; write each piece's results."""
-        read = list(self._io.map(self._read, pieces))  # (documents, why unreadable) per piece
-        texts = [
-            text if error is None else None
-            for docs, _ in read if docs is not None
-            for text, error in zip(docs.texts, docs.errors)
-        ]  # fmt: skip
-        results = iter(self.translator.translate_documents(texts, self.cfg.max_document_chars))
-        mine = [None if docs is None else [next(results) for _ in docs.texts] for docs, _ in read]
-        tables = [None if r is None else self._table(d, r) for (d, _), r in zip(read, mine)]
-        writes = [(table, p.work) for table, (p, _) in zip(tables, pieces) if table is not None]
-        list(self._io.map(lambda job: write_work(*job), writes))
-        return [
-            _summary(piece, source, docs, table, results, failed)
-            for (piece, source), (docs, failed), table, results in zip(pieces, read, tables, mine)
-        ]
-
-    def _table(self, docs: Documents, results: list[DocumentResult]) -> pa.Table:
-        """The output rows of one piece; a row unreadable at input keeps its read error, and a
-        row that cannot be written (see :mod:`s2s.poison`) becomes an error row."""
-        columns = {
-            self.cfg.id_column: docs.ids,
-            "translation": [None if e else r.translation for r, e in zip(results, docs.errors)],
-            "n_segments": [r.n_segments for r in results],
-            "error": [e or r.error for r, e in zip(results, docs.errors)],
-            "warning": [
-                "; ".join(w for w in (read_warning, r.warning) if w) or None
-                for r, read_warning in zip(results, docs.warnings)
-            ],
-            "model": [self.translator.model_id] * len(results),
-            "source": [t if isinstance(t, str) else None for t in docs.texts],
-        }
-        keep_source, id_column = self.cfg.keep_source, self.cfg.id_column
-
-        def check(rows: list[int]) -> list[None]:
-            result_table(
-                id_column, {k: [v[i] for i in rows] for k, v in columns.items()}, keep_source
-            )
-            return [None] * len(rows)
-
-        try:
-            return result_table(id_column, columns, keep_source)
-        except NOT_ABOUT_A_RECORD:
-            raise
-        except Exception:  # find the rows that cannot be written; the others are kept
-            for row, failed in enumerate(isolate(check, range(len(results)), lambda _, e: e)):
-                if failed is not None:
-                    for name in (id_column, "translation", "warning", "source"):
-                        columns[name][row] = None
-                    columns["error"][row] = f"cannot write this row: {describe(failed)}"
-        return result_table(id_column, columns, keep_source)
-
-
-def _summary(
-    piece: Piece,
-    source: InputFile,
-    docs: Documents | None,
-    table: pa.Table | None,
-    results: list[DocumentResult] | None,
-    failed: str | None,
-) -> dict:
-    """What the driver counts of one piece (all zero, ``failed`` set, for an unreadable one)."""
-    counts = Counter({key: 0 for key in _COUNTS})
-    samples = []
-    if table is not None:
-        errors = table.column("error").to_pylist()
-        samples = [
-            f"{source.name}: id {i}: {e}" if i is not None else e
-            for i, e in zip(docs.ids, errors)
-            if e
-        ]
-        counts.update(
-            documents=len(results),
-            errors=len(samples),
-            warnings=table.num_rows - table.column("warning").null_count,
-            sentences=sum(r.n_segments for r in results),
-            src_tokens=sum(r.src_tokens for r in results),
-            tgt_tokens=sum(r.tgt_tokens for r in results),
-            blank_lines=docs.blank_lines,
-        )
-    return {
-        "input": piece.input, "piece": piece.start, "failed": failed,
-        "error_samples": samples[:_ERROR_SAMPLES], **counts,
-    }  # fmt: skip
+    return (PieceSummary.from_json(row["summary"]) for row in dataset.iter_rows())

@@ -1,8 +1,11 @@
 """The `s2s` command: flags and overrides reach the config; user errors are one line, exit 2."""
 
+import json
+import shlex
+
 import pytest
 
-from s2s.cli import _config_from_args, build_parser, main
+from s2s.cli import _config_from_args, _train_config_from_args, build_parser, main
 from s2s.config import PrepareConfig
 
 
@@ -13,11 +16,11 @@ def parse(argv):
 def test_flags_yaml_and_overrides(tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text("vocab_size: 16000\nmax_len: 100\n")
-    cfg = parse(
-        ["prepare", "--input", "a.tsv", "--input", "s3://b/x/*.jsonl", "--src-file", "t.en",
-         "--tgt-file", "t.de", "--output", "out", "--config", str(config), "--vocab-size", "4000",
-         "--overwrite", "--format", "tsv", "max_ratio=2"]
-    )  # fmt: skip
+    argv = shlex.split(
+        "prepare --input a.tsv --input s3://b/x/*.jsonl --src-file t.en --tgt-file t.de "
+        "--output out --vocab-size 4000 --overwrite --format tsv max_ratio=2"
+    )
+    cfg = parse([*argv, "--config", str(config)])
     assert cfg.inputs == ["a.tsv", "s3://b/x/*.jsonl"]
     assert (cfg.src_files, cfg.tgt_files) == (["t.en"], ["t.de"])
     assert cfg.vocab_size == 4000  # the flag beats the file
@@ -42,12 +45,11 @@ def test_unknown_choice_is_rejected_by_name():
 
 
 def test_train_flags_preset_and_model_overrides(tmp_path):
-    from s2s.cli import _train_config_from_args
-
-    args = build_parser().parse_args(
-        ["train", "--data", "d", "--output", "o", "--model", "rnn-small", "--workers", "2",
-         "--max-time", "20", "--gpu", "model.hidden_dim=128", "lr=5e-4"]
-    )  # fmt: skip
+    argv = shlex.split(
+        "train --data d --output o --model rnn-small --workers 2 --max-time 20 --gpu "
+        "model.hidden_dim=128 lr=5e-4"
+    )
+    args = build_parser().parse_args(argv)
     cfg = _train_config_from_args(args)
     assert (cfg.model.family, cfg.model.cell, cfg.model.hidden_dim) == ("rnn", "lstm", 128)
     assert cfg.model.enc_layers == 2  # from the preset
@@ -63,3 +65,62 @@ def test_train_flags_preset_and_model_overrides(tmp_path):
     )
     assert resumed.output == str(run) and resumed.max_steps == 200
     assert (resumed.model.cell, resumed.model.vocab_size) == ("gru", 900)
+
+
+def test_train_preset_as_key_value_builds_that_model():
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--output", "o", "preset=rnn-small", "model.hidden_dim=128"]
+    )
+    cfg = _train_config_from_args(args)
+    assert (cfg.preset, cfg.model.family, cfg.model.hidden_dim) == ("rnn-small", "rnn", 128)
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "translate", "evaluate", "pipeline"])
+def test_missing_config_file_is_one_line(tmp_path, capsys, command):
+    missing = tmp_path / "nope.yaml"
+    assert main([command, "--config", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"s2s: error: config file not found: {missing}"
+
+
+def test_pipeline_flags_reach_the_stages(tmp_path):
+    from s2s.cli import _pipeline_config_from_args
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("docs: from-file\ntrain: {lr: 0.002, max_steps: 7}\nevaluate: {beam: 2}\n")
+    argv = shlex.split(
+        "pipeline --corpus a.tsv --corpus b.tsv --output o --model rnn-small --max-steps 5 "
+        "--max-time 9 --workers 1-2 --gpu train.model.hidden_dim=64 translate.beam=1"
+    )
+    cfg = _pipeline_config_from_args(build_parser().parse_args([*argv, "--config", str(config)]))
+    assert (cfg.corpus, cfg.docs, cfg.output) == (["a.tsv", "b.tsv"], "from-file", "o")
+    train = cfg.train
+    assert (train.preset, train.model.family, train.model.hidden_dim) == ("rnn-small", "rnn", 64)
+    assert (train.max_steps, train.max_time_min, train.workers, train.lr) == (5, 9.0, "1-2", 2e-3)
+    assert (cfg.evaluate.beam, cfg.translate.beam) == (2, 1)
+    assert train.use_gpu and cfg.evaluate.use_gpu and cfg.translate.use_gpu  # --gpu: every stage
+
+
+def test_pipeline_summary_ends_with_where_things_are_and_failures():
+    from s2s.cli import format_pipeline_summary
+    from s2s.pipeline import PipelineConfig
+
+    cfg = PipelineConfig()
+    cfg.prepare.output, cfg.translate.output = "o/prepared", "o/translations"
+    failed = [{"input": "o/docs/b.jsonl", "error": "not JSON"}]
+    translated = {"rows_written": 7, "inputs": {"already_complete": 1, "failed": failed}}
+    report = {
+        "prepare": {"skipped": "prepared earlier", "output": "o/prepared"},
+        "train": {"checkpoint": "o/runs/transformer-small/best"},
+        "evaluate": {"bleu": 12.5, "chrf": 40.1},
+        "translate": translated,
+    }
+    lines = format_pipeline_summary(report, cfg).splitlines()
+    assert lines[-5:] == [
+        "prepared     o/prepared",
+        "checkpoint   o/runs/transformer-small/best",
+        "test BLEU    12.5 (chrF 40.1)",
+        "translations o/translations: 7 documents written, 1 inputs already complete",
+        "FAILED o/docs/b.jsonl: not JSON",
+    ]
+    stages = {k: v for k, v in report.items() if k != "translate"}
+    assert json.loads("\n".join(lines[:-5])) == stages  # what each stage did, first

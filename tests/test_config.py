@@ -1,6 +1,8 @@
 import dataclasses
+import importlib.util
 import math
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,6 @@ from s2s.config import (
     PrepareConfig,
     TrainConfig,
     TranslateConfig,
-    apply_overrides,
     load_config,
     model_preset,
     numeric_bounds,
@@ -34,8 +35,8 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_list_and_optional_values():
-    cfg = apply_overrides(
-        PrepareConfig(), ["inputs=x.tsv,y.tsv", "tokenizer=null", "test_size=0.05"]
+    cfg = load_config(
+        PrepareConfig, overrides=["inputs=x.tsv,y.tsv", "tokenizer=null", "test_size=0.05"]
     )
     assert cfg.inputs == ["x.tsv", "y.tsv"]
     assert cfg.tokenizer is None
@@ -55,7 +56,7 @@ def test_list_and_optional_values():
 )
 def test_bad_override_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        apply_overrides(PrepareConfig(), [override])
+        load_config(PrepareConfig, overrides=[override])
 
 
 def test_unknown_key_in_yaml(tmp_path):
@@ -65,9 +66,48 @@ def test_unknown_key_in_yaml(tmp_path):
         load_config(PrepareConfig, str(path))
 
 
-def test_missing_config_file():
-    with pytest.raises(ConfigError, match="config file not found"):
-        load_config(PrepareConfig, "/nonexistent/prep.yaml")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "config file not found: "),
+        ("vocab_size: [8000\n", "is not valid YAML: "),
+        ("- a.tsv\n- b.tsv\n", "must hold a mapping of key: value"),
+    ],
+)
+def test_unreadable_config_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "prep.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(PrepareConfig, str(path))
+    assert str(path) in str(raised.value)
+
+
+def test_layers_merge_key_by_key_and_model_is_a_diff_over_the_preset(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("preset: rnn-small\nlr: 0.002\nmodel: {hidden_dim: 128, dropout: 0.3}\n")
+    cfg = load_config(TrainConfig, str(path), ["model.dropout=0.1"], {"workers": "2"})
+    assert (cfg.model.family, cfg.model.cell, cfg.model.enc_layers) == ("rnn", "lstm", 2)
+    assert (cfg.model.hidden_dim, cfg.model.dropout) == (128, 0.1)  # the file's, then the word's
+    assert (cfg.lr, cfg.workers) == (0.002, "2")
+
+
+@pytest.mark.parametrize("layer", ["file", "flag", "override"])
+def test_preset_from_any_layer_builds_its_model(tmp_path, layer):
+    """A preset set after the model was built used to leave a Transformer behind its name."""
+    path = tmp_path / "train.yaml"
+    path.write_text("preset: rnn-small\n" if layer == "file" else "lr: 0.002\n")
+    flags = {"preset": "rnn-small"} if layer == "flag" else {}
+    overrides = ["preset=rnn-small"] if layer == "override" else []
+    cfg = load_config(TrainConfig, str(path), [*overrides, "model.hidden_dim=64"], flags)
+    assert cfg.preset == "rnn-small"
+    assert (cfg.model.family, cfg.model.enc_layers, cfg.model.hidden_dim) == ("rnn", 2, 64)
+    assert cfg.model == model_preset("rnn-small", {"hidden_dim": 64})
+
+
+def test_unknown_preset_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown model preset 'rnn'; choose one of: "):
+        load_config(TrainConfig, overrides=["preset=rnn"])
 
 
 @pytest.mark.parametrize(
@@ -91,15 +131,17 @@ def test_validate(changes, message):
 
 
 def test_readme_config_reference_matches_the_code():
-    from pathlib import Path
-
-    from s2s.config import config_reference
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", root / ".ci" / "config_reference.py"
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    readme = (root / "README.md").read_text()
     section = readme.split("<!-- config-reference:start -->\n")[1].split(
         "<!-- config-reference:end -->"
     )[0]
-    assert section == config_reference(), "README is stale: python -m s2s.config > section"
+    assert section == generator.config_reference(), "README is stale: .ci/config_reference.py"
 
 
 # A valid config of every class: each test below changes one numeric setting of it.
@@ -200,7 +242,9 @@ def test_defaults_and_shipped_settings_pass():
 
 
 def test_override_out_of_bounds_names_the_key():
-    cfg = apply_overrides(TranslateConfig(model="m", input="i", output="o"), ["piece_mb=0"])
+    cfg = load_config(
+        TranslateConfig, None, ["piece_mb=0"], {"model": "m", "input": "i", "output": "o"}
+    )
     with pytest.raises(ConfigError, match=r"piece_mb must be a number >= 0.0001, got 0.0"):
         cfg.validate()
     train = TrainConfig(data="d", output="o", max_steps=1)
@@ -210,16 +254,30 @@ def test_override_out_of_bounds_names_the_key():
 
 
 def test_pipeline_checks_every_stage_before_the_first(tmp_path):
-    from s2s.pipeline import load_pipeline_config
+    from s2s.pipeline import PipelineConfig
 
     settings = {"corpus": ["c.tsv"], "docs": "docs", "output": str(tmp_path), "train.max_steps": 5}
-    load_pipeline_config(None, settings, []).resolve()
+    load_config(PipelineConfig, None, [], settings).resolve()
     for override, message in [
         ("translate.piece_mb=0", "translate: piece_mb must be a number >= 0.0001"),
         ("evaluate.beam=0", "evaluate: beam must be an integer >= 1"),
         ("train.lr=-1", "train: lr must be a number > 0"),
         ("prepare.shard_rows=0", "prepare: shard_rows must be an integer >= 1"),
     ]:
-        cfg = load_pipeline_config(None, settings, [override])
+        cfg = load_config(PipelineConfig, None, [override], settings)
         with pytest.raises(ConfigError, match=message):
             cfg.resolve()
+
+
+def test_pipeline_sections_load_as_the_stages_do(tmp_path):
+    from s2s.pipeline import PipelineConfig
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("train: {preset: gru-luong, model: {hidden_dim: 64}, lr: 0.002}\n")
+    settings = {"corpus": ["c.tsv"], "docs": "docs", "output": str(tmp_path), "train.max_steps": 5}
+    cfg = load_config(PipelineConfig, str(path), ["train.preset=rnn-small"], settings)
+    assert (cfg.train.model.cell, cfg.train.model.hidden_dim, cfg.train.lr) == ("lstm", 64, 0.002)
+    cfg.resolve()
+    assert cfg.train.output == str(tmp_path / "runs" / "rnn-small")  # named after the model built
+    with pytest.raises(ConfigError, match="unknown config key 'train.model.hiden_dim'"):
+        load_config(PipelineConfig, None, ["train.model.hiden_dim=3"], settings)

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from s2s import documents, formats, storage
 from s2s.config import ConfigError
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 
@@ -123,3 +124,48 @@ def test_detect_format():
     assert detect_format("a.parquet") == "parquet"
     with pytest.raises(ConfigError, match="set input_format"):
         detect_format("corpus.bin")
+
+
+def test_txt_means_pairs_to_prepare_and_a_document_to_translate():
+    assert detect_format("a.txt") == "tsv"  # prepare: one tab-separated pair per line
+    assert documents.detect_format("a.txt") == "text"  # translate: one document per file
+    assert documents.detect_format("notes.md") == "text"
+    shared = set(formats.PAIR_FORMATS) & set(formats.DOCUMENT_FORMATS)
+    assert shared == {".jsonl", ".json", ".ndjson", ".parquet"}
+    assert all(formats.PAIR_FORMATS[s] == formats.DOCUMENT_FORMATS[s] for s in shared)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".GZ", ".zst", ".zstd", ".lz4", ".bz2"])
+def test_every_compression_in_the_table_is_unpacked(tmp_path, suffix):
+    """Whatever the shared table calls compressed is unpacked by both stages' readers, in any
+    case: pyarrow's own detection knows neither .zstd nor upper-case suffixes."""
+    path = tmp_path / f"pairs.tsv{suffix}"
+    with pa.CompressedOutputStream(str(path), formats.compression(path.name)) as out:
+        out.write(b"Hello\tHallo\nQuit\tBeenden\n")
+    assert detect_format(str(path)) == "tsv"
+    assert [r["tgt"] for r in records(ReadUnit(0, (str(path),), "tsv"))] == ["Hallo", "Beenden"]
+    doc = tmp_path / "docs" / f"report.md{suffix}"
+    doc.parent.mkdir()
+    doc.write_bytes(path.read_bytes())
+    ref = storage.FileRef(str(doc), doc.stat().st_size, None)
+    (source,) = documents.plan_outputs(
+        [ref], str(doc.parent), str(tmp_path / "out"), "auto", "jsonl"
+    )
+    assert source.output == str(tmp_path / "out" / "report.jsonl")
+    piece = documents.Piece(0, 0, 0, "")
+    assert documents.read_piece(source, piece, "id", "text").texts == [
+        "Hello\tHallo\nQuit\tBeenden\n"
+    ]
+
+
+def test_one_decoder_with_the_fallback_each_stage_needs():
+    assert formats.decode_utf8("Café".encode(), formats.DROP) == ("Café", None)
+    assert formats.decode_utf8(b"Caf\xe9 ok", formats.DROP) == (None, "invalid_utf8")
+    text, warning = formats.decode_utf8(b"Caf\xe9 ok", formats.REPLACE)
+    assert text == "Caf\ufffd ok" and warning.startswith("invalid UTF-8 at byte 3")
+    assert formats.check_unicode("a \ud800 b", formats.DROP) == (None, "invalid_unicode")
+    assert formats.check_unicode("a \ud800 b", formats.REPLACE) == (
+        "a \ufffd b",
+        "1 unpaired surrogates replaced by U+FFFD",
+    )
+    assert formats.check_unicode("fine", formats.DROP) == ("fine", None)

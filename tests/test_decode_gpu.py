@@ -8,10 +8,10 @@ import torch
 from s2s import device as s2s_device
 from s2s.config import GPU_COMPUTE_TYPES, ConfigError, DecodeConfig, TranslateConfig
 from s2s.device import cap_memory, memory_fraction
+from s2s.engines.pytorch import _gpu_memory_left
 from s2s.translator import (
     CPU_BATCH_LIMITS,
     Translator,
-    _gpu_memory_left,
     batch_limits,
     gpu_batch_limits,
     is_out_of_memory,
@@ -43,9 +43,9 @@ def expected(beam2, sentences) -> list[str]:
 
 
 def spy(translator: Translator, fail=None) -> list[tuple[int, int, bool]]:
-    """Record (rows, padded tokens, failed) of each decode call; ``fail(sources)`` returns the
-    error to raise instead of decoding, or None to decode for real."""
-    calls, real = [], translator._decode
+    """Record (rows, padded tokens, failed) of each call to the engine; ``fail(sources)``
+    returns the error to raise instead of decoding, or None to decode for real."""
+    calls, real = [], translator.engine.decode
 
     def decode(sources):
         error = fail(sources) if fail else None
@@ -54,7 +54,7 @@ def spy(translator: Translator, fail=None) -> list[tuple[int, int, bool]]:
             raise error
         return real(sources)
 
-    translator._decode = decode
+    translator.engine.decode = decode
     return calls
 
 
@@ -75,7 +75,7 @@ def test_auto_budgets_on_a_cpu_are_the_old_settings_and_cut_the_same_batches(
         shapes = []
         for translator in (auto, old):
             shapes.append([])
-            translator._decode = lambda s, seen=shapes[-1]: seen.append(s) or [[]] * len(s)
+            translator.engine.decode = lambda s, seen=shapes[-1]: seen.append(s) or [[]] * len(s)
             translator.translate_sentences(texts)
         assert shapes[0] == shapes[1] and len(shapes[0]) > 3
 
@@ -216,15 +216,17 @@ def test_actors_sharing_a_gpu_stay_within_their_shares(monkeypatch):
 def test_the_translator_caps_its_share_before_loading(toy_checkpoint, monkeypatch):
     """On a CPU the cap is asked for and does nothing; the share reaches it before the model
     takes any memory."""
-    import s2s.translator
+    import s2s.engines.pytorch as engine
 
-    order, real_load = [], s2s.translator.load_checkpoint
+    order, real_load = [], engine.load_checkpoint
+
+    def cap(share, device):
+        order.append(("cap", share))
+        return cap_memory(share, device)
+
+    monkeypatch.setattr(engine, "cap_memory", cap)
     monkeypatch.setattr(
-        s2s.translator, "cap_memory",
-        lambda share, device: order.append(("cap", share)) or cap_memory(share, device),
-    )  # fmt: skip
-    monkeypatch.setattr(
-        s2s.translator, "load_checkpoint", lambda *a: order.append(("load",)) or real_load(*a)
+        engine, "load_checkpoint", lambda *a: order.append(("load",)) or real_load(*a)
     )
     Translator(DecodeConfig(model=toy_checkpoint, beam=1), gpu_share=0.5)
     assert order == [("cap", 0.5), ("load",)]

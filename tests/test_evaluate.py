@@ -11,6 +11,7 @@ from s2s.config import ConfigError, EvaluateConfig, PrepareConfig
 from s2s.evaluate import evaluate
 from s2s.manifest import read_manifest
 from s2s.prepare import prepare_corpus
+from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.translator import Translator
 
@@ -18,6 +19,17 @@ from s2s.translator import Translator
 @pytest.fixture(scope="module")
 def pairs(gettext_pairs):
     return gettext_pairs[4000:4060]  # not in the toy model's training slice
+
+
+def test_score_is_sacrebleus_corpus_bleu_and_chrf_with_signatures():
+    hypotheses = ["the cat sat on the mat", "a dog barked loudly", "hello"]
+    references = ["the cat sat on a mat", "the dog barked loudly", "hello world"]
+    report = score(hypotheses, references)
+    assert report["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
+    assert report["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2)
+    assert report["signature"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert report["signature"]["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0")
+    assert score(references, references)["bleu"] == 100.0
 
 
 def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path):

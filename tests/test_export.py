@@ -8,7 +8,7 @@ import pytest
 from s2s.checkpoint import save_checkpoint
 from s2s.cli import main
 from s2s.config import ConfigError, DecodeConfig, TranslateConfig, model_preset
-from s2s.export import export_ctranslate2
+from s2s.engines.ctranslate2 import export_ctranslate2
 from s2s.models import build_model
 from s2s.tokenizer import Tokenizer, train_tokenizer
 from s2s.translate import translate

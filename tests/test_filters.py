@@ -4,7 +4,6 @@ import pytest
 
 from s2s.corpus import RECORD_SCHEMA
 from s2s.filters import (
-    SPLITS,
     SplitPlan,
     clean_records,
     dedup_groups,
@@ -13,6 +12,7 @@ from s2s.filters import (
     normalize_text,
     stable_hash,
 )
+from s2s.shards import SPLITS
 
 
 def make_records(pairs, input_ids=None, reasons=None) -> pa.Table:

@@ -41,3 +41,20 @@ def test_demo_job_end_to_end(tmp_path, gettext_pairs):
     assert len(rows) == len(docs) == 6
     assert all(json.loads(r)["error"] is None for r in rows)
     assert f"translations  {tmp_path}/translations/sample.jsonl (6 documents)" in done.stdout
+
+
+def test_pipeline_job_is_the_cli_command(tmp_path):
+    """jobs/pipeline.py runs `s2s pipeline`: a bad setting is refused before any work, with the
+    CLI's exit status and one last line."""
+    argv = ["--corpus", "c.tsv", "--docs", "d", "--output", str(tmp_path), "train.lrr=1"]
+    done = subprocess.run(
+        [sys.executable, "jobs/pipeline.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "s2s: error: unknown config key 'train.lrr'; did you mean 'lr'?"
+    assert list(tmp_path.iterdir()) == []  # nothing written

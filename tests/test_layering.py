@@ -50,3 +50,41 @@ def test_no_module_imports_a_later_stage():
         rank = STAGES.index(name) if name in STAGES else -1
         later = [s for s in STAGES[rank + 1 :] if f"s2s.{s}" in names]
         assert later == [], f"{name} imports later stage(s) {later}"
+
+
+def importers(prefix: str) -> set[str]:
+    """The s2s modules that import ``prefix`` or anything under it."""
+    return {
+        name
+        for name, names in modules().items()
+        if any(n == prefix or n.startswith(prefix + ".") for n in names)
+    }
+
+
+def test_engines_sit_behind_one_interface():
+    """Decoding engines live in s2s/engines/: the translator picks one through the factory and
+    never imports an engine module, CTranslate2 or the search itself."""
+    assert importers("ctranslate2") == {"engines.ctranslate2"}
+    translator = modules()["translator"]
+    engine_imports = {n for n in translator if n.startswith("s2s.engines")}
+    assert engine_imports <= {
+        "s2s.engines",
+        "s2s.engines.load_engine",
+        "s2s.engines.engine_model_id",
+    }
+    assert not {n for n in translator if n.startswith(("s2s.search", "ctranslate2"))}
+    for name, names in modules().items():
+        if name.startswith("engines"):
+            assert not any(n == "ray" or n.startswith("ray.") for n in names), name
+            assert not any(n.startswith("s2s.translator") for n in names), name
+
+
+def test_scoring_is_one_ray_free_module():
+    assert importers("sacrebleu") == {"scoring"}
+    names = modules()["scoring"]
+    assert not any(n.split(".")[0] in {"s2s", "ray", "torch"} for n in names)
+
+
+def test_only_checkpoint_names_the_trainer_state_file():
+    holders = [p.name for p in PACKAGE.rglob("*.py") if "trainer_state.json" in p.read_text()]
+    assert holders == ["checkpoint.py"]

@@ -108,6 +108,7 @@ def check_entrypoint(command: list[str]) -> None:
     if name == "train":
         cfg = cli._train_config_from_args(parsed)
         assert isinstance(cfg, TrainConfig)
+        cfg.validate()  # the model settings too
     else:
         configs = {"translate": cli.TranslateConfig, "evaluate": cli.EvaluateConfig,
                    "prepare": cli.PrepareConfig}  # fmt: skip

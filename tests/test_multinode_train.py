@@ -91,14 +91,14 @@ def test_prepare_train_translate_spread_over_two_nodes(ray_cluster, bucket, corp
         documents.update({d["id"]: d["text"] for d in lines})
         body = "".join(json.dumps(d) + "\n" for d in lines)
         storage.write_bytes(f"{bucket}/inbox/part-{f:02d}.jsonl", body.encode())
-    before = set(ray_cluster.actor_nodes("_PieceTranslator"))
+    before = set(ray_cluster.actor_nodes("PieceTranslator"))
     summary = translate(
         TranslateConfig(
             model=result.checkpoint, input=f"{bucket}/inbox", output=f"{bucket}/translated",
             beam=1, concurrency="2", cpus_per_actor=WORKER_CPUS, piece_mb=0.0002,
         )
     ).summary  # fmt: skip
-    actors = ray_cluster.actor_nodes("_PieceTranslator")
+    actors = ray_cluster.actor_nodes("PieceTranslator")
     actors = {a: n for a, n in actors.items() if a not in before}
     assert len(set(actors.values())) == 2 and not set(actors.values()) & heads
     ids = []

@@ -73,7 +73,7 @@ def translator_actors(cluster) -> list:
     actors = list_actors(
         cluster.cluster.address, detail=True, limit=10_000, raise_on_missing_output=False
     )
-    return [a for a in actors if "_PieceTranslator" in a.class_name]
+    return [a for a in actors if "PieceTranslator" in a.class_name]
 
 
 def finishing_tasks(cluster) -> list:

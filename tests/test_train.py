@@ -86,14 +86,14 @@ def test_two_workers_learn_and_stay_in_sync_over_uneven_shards(first_run):
     checkpoints = [d for d in checkpoints if os.path.isdir(os.path.join(run, d))]
     assert 1 <= len(checkpoints) <= 2  # keep_last
     best = load_checkpoint(os.path.join(run, "best"))  # the best validation BLEU, kept apart
-    assert best.trainer_state["best_bleu"] == max(m["bleu"] for m in reports if "bleu" in m)
+    assert best.trainer_state.best_bleu == max(m["bleu"] for m in reports if "bleu" in m)
     assert Path(run, "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_loads_without_ray_and_decodes(first_run, corpus):
     _, result = first_run
     loaded = load_checkpoint(result.checkpoint)
-    assert loaded.trainer_state["step"] == result.metrics["step"]
+    assert loaded.trainer_state.step == result.metrics["step"]
     # Loaded here, without Ray, the checkpoint's weights are those training evaluated at that
     # step: they give the validation perplexity it reported (a checkpoint of another step, or
     # weights lost in saving, give another) and, decoded greedily, its BLEU.
@@ -177,21 +177,21 @@ def test_killed_worker_restarts_from_checkpoint_on_s3(corpus, bucket):
     assert result.metrics["step"] == 60
     assert result.checkpoint.startswith(f"{run}/checkpoint_")
     state = load_checkpoint(result.checkpoint).trainer_state
-    assert state["step"] == 60
+    assert state.step == 60
     # The kill cost the run its worker group: Ray Train started a new one, in other processes,
     # and it resumed from a checkpoint of this run (its own record), not from step 0.
     workers = {a: r for a, r in ray_actors("RayTrainWorker").items() if a not in earlier}
     replacements = [r for r in workers.values() if r["StartTime"] > killed_at_ms]
     assert len(replacements) >= 2 and pid not in {r["Pid"] for r in replacements}, workers
-    (resumed,) = state["resumed_from"]
-    assert resumed % 10 == 0 and 10 <= resumed < 60, state["resumed_from"]
+    (resumed,) = state.resumed_from
+    assert resumed % 10 == 0 and 10 <= resumed < 60, state.resumed_from
     # The resumed run trained on exactly the batches of an uninterrupted one, in the same order,
     # and (dropout masks seeded by step and rank) ends where an uninterrupted run ends.
     assert result.metrics["data_digest"] == expected_digest(cfg, 60)
     straight = train(dataclasses.replace(cfg, output=f"{bucket}/runs/straight", max_failures=0))
     assert straight.metrics["data_digest"] == result.metrics["data_digest"]
     assert straight.metrics["valid_ppl"] == pytest.approx(result.metrics["valid_ppl"], rel=1e-3)
-    assert "resumed_from" not in load_checkpoint(straight.checkpoint).trainer_state
+    assert load_checkpoint(straight.checkpoint).trainer_state.resumed_from == []
 
 
 def expected_digest(cfg: TrainConfig, steps_done: int) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from s2s.batching import collate, token_batches
-from s2s.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from s2s.checkpoint import TrainerState, load_checkpoint, load_optimizer_state, save_checkpoint
 from s2s.config import model_preset
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
@@ -73,14 +73,15 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, preset, gettext_
     loss, _, n = label_smoothed_loss(model(batch["src"], batch["tgt_in"]), batch["tgt_out"], 0.1)
     (loss / n).backward()
     optimizer.step()
-    save_checkpoint(str(tmp_path / "ckpt"), model, cfg, proto, {"step": 1}, optimizer.state_dict())
+    state = TrainerState(step=1, best_bleu=3.5, resumed_from=[1])
+    save_checkpoint(str(tmp_path / "ckpt"), model, cfg, proto, state, optimizer.state_dict())
     loaded = load_checkpoint(str(tmp_path / "ckpt"))
     model.eval()
     with torch.no_grad():
         assert torch.equal(
             model(batch["src"], batch["tgt_in"]), loaded.model(batch["src"], batch["tgt_in"])
         )
-    assert loaded.trainer_state == {"step": 1} and loaded.model_config == cfg
+    assert loaded.trainer_state == state and loaded.model_config == cfg
     assert loaded.tokenizer.vocab_size == 400
     state = load_optimizer_state(str(tmp_path / "ckpt"))
     fresh = build_optimizer(loaded.model, 1e-3)
@@ -124,6 +125,7 @@ def test_average_checkpoints(tmp_path, gettext_pairs):
     chosen = average_checkpoints(str(tmp_path / "run"), 2, str(tmp_path / "avg"))
     assert [c.rsplit("_", 1)[1] for c in chosen] == ["20", "30"]
     averaged = load_checkpoint(str(tmp_path / "avg"))
+    assert averaged.trainer_state.step == 30 and averaged.trainer_state.averaged_from == chosen
     for name, tensor in averaged.model.state_dict().items():
         expected = (models[1].state_dict()[name] + models[2].state_dict()[name]) / 2
         assert torch.allclose(tensor, expected, atol=1e-6), name
@@ -136,3 +138,26 @@ def test_average_checkpoints(tmp_path, gettext_pairs):
         json.dumps({"checkpoint_results": names})
     )
     assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [10, 30]
+
+
+def test_trainer_state_json_round_trips_and_reads_older_and_newer_files():
+    state = TrainerState(step=40, epoch=1, batch_in_epoch=6, best_bleu=12.3, bad_evals=1)
+    state.tgt_tokens_seen, state.elapsed_s, state.data_digest = 9000, 81.5, "ab12"
+    state.resumed_from = [20]
+    text = state.to_json()
+    assert TrainerState.from_json(text) == state and TrainerState.from_json(text).to_json() == text
+    # The file's keys, in the order training writes them; the empty history is left out.
+    order = "step epoch batch_in_epoch best_bleu bad_evals tgt_tokens_seen elapsed_s data_digest"
+    assert list(json.loads(text)) == [*order.split(), "resumed_from"]
+    assert "resumed_from" not in json.loads(TrainerState(step=3).to_json())
+    # An older file lacks keys: they take their defaults. A newer one has keys this version does
+    # not know: they are kept, and written back as they were.
+    old = TrainerState.from_json('{"step": 7, "epoch": 2, "batch_in_epoch": 3}')
+    assert (old.step, old.best_bleu, old.elapsed_s, old.resumed_from) == (7, None, 0.0, [])
+    newer = {**json.loads(text), "lr_scale": [0.5, 1.0]}
+    assert json.loads(TrainerState.from_json(json.dumps(newer)).to_json()) == newer
+    with pytest.raises(TypeError, match="JSON object"):
+        TrainerState.from_json("[1, 2]")
+    # Code that read the state as a dict still reads it (read-only), by the file's keys.
+    assert state["step"] == 40 and state.get("averaged_from") is None
+    assert dict(state) == json.loads(text) and "resumed_from" in state

@@ -25,8 +25,9 @@ from s2s.documents import (
     write_work,
 )
 from s2s.lease import Lease, LeaseHeld
-from s2s.translate import translate
+from s2s.translate import PieceLayout, RunPlan, _Report, translate
 from s2s.translator import Translator
+from s2s.work import DocumentCounts, PieceSummary
 from tests.test_lease import LeaseClock
 from tests.test_train import ray_actors, wait_until_gone
 
@@ -59,7 +60,7 @@ def jsonl_documents() -> tuple[bytes, list[dict]]:
         ),
         (
             json.dumps({"id": "b8", "text": " ".join(["Open the file"] * 40)}).encode(),
-            {"id": "b8", "warning": "cut into pieces"},
+            {"id": "b8", "warning": "cut into parts"},
         ),
         (b'{"id": 9, "text": ""}', {"id": "9", "error": None, "translation": ""}),  # mixed ids: str
     ]
@@ -202,7 +203,7 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
         model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
         concurrency="1", cpus_per_actor=0.5, torch_threads=1,
     )  # fmt: skip
-    earlier = set(ray_actors("_PieceTranslator"))  # other runs' translator actors
+    earlier = set(ray_actors("PieceTranslator"))  # other runs' translator actors
     killed, landed = [], []
 
     def kill_once_pieces_land():
@@ -211,7 +212,7 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
             work = list((out / "_work").rglob("*.parquet")) if (out / "_work").exists() else []
             mine = [
                 (actor, record["Pid"])
-                for actor, record in ray_actors("_PieceTranslator").items()
+                for actor, record in ray_actors("PieceTranslator").items()
                 if actor not in earlier and record["State"] == "ALIVE"
             ]  # this run's translator actor (concurrency 1: the only one)
             if len(work) >= 3 and mine:
@@ -228,7 +229,7 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
     assert landed == [True], f"translator actor process {killed[0][1]} survived its SIGKILL"
     # Ray restarted that actor (a new process) and the run went on with it.
     ((actor, pid),) = killed
-    record = ray_actors("_PieceTranslator")[actor]
+    record = ray_actors("PieceTranslator")[actor]
     assert record["NumRestarts"] >= 1 and record["Pid"] != pid, record
     rows = read_jsonl(str(out / "big.jsonl"))
     assert [r["id"] for r in rows] == list(range(400))  # each once, in order (ids stay integers)
@@ -389,3 +390,18 @@ def test_gpu_actors_are_refused_up_front_on_a_cluster_without_gpus(
         translate(cfg)
     assert time.monotonic() - started < 60
     assert not list((tmp_path / "out").glob("*.jsonl"))
+
+
+def test_piece_summaries_survive_ray_data_and_land_once_per_input():
+    """Without Ray: a piece summary makes its JSON trip unchanged, and the plan hands an input
+    to the finisher exactly when its last piece lands, never for one that failed."""
+    sent = PieceSummary(0, 120, None, ["a.jsonl: id 1: boom"], DocumentCounts(2, errors=1))
+    assert PieceSummary.from_json(sent.to_json()) == sent
+    refs = [storage.FileRef(f"/in/{name}.jsonl", 9, None) for name in "ab"]
+    inputs = plan_outputs(refs, "/in", "/out", "auto", "jsonl")
+    layout = PieceLayout("/out", "settings", 2**20, "jsonl")
+    plan, report = RunPlan("model", inputs, layout, remaining=[2, 2]), _Report()
+    arrivals = [(0, None), (1, "unreadable"), (0, None), (1, None)]
+    landed = [plan.landed(PieceSummary(i, 0, failed), report) for i, failed in arrivals]
+    assert landed == [False, False, True, False]
+    assert (report.failed_count, report.failed) == (1, [(1, "/in/b.jsonl", "unreadable")])

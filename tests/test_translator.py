@@ -2,7 +2,9 @@
 with bad content, long sentences."""
 
 import pytest
+import torch
 
+import s2s.translator
 from s2s.config import DecodeConfig
 from s2s.segment import join_document, split_document
 from s2s.translator import Translator, batch_order
@@ -74,5 +76,36 @@ def test_bad_documents_get_an_error_and_never_stop_the_batch(translator):
     assert results[2].error is None and results[2].translation == "" and results[2].n_segments == 0
     assert "over max_document_chars=1,000" in results[3].error
     assert results[4].error is None and results[4].translation  # control characters removed
-    assert results[5].error is None and "cut into pieces" in results[5].warning
+    assert results[5].error is None and "cut into parts" in results[5].warning
     assert results[6].error is None and results[6].translation
+
+
+class CopyEngine:
+    """An :class:`s2s.engines.Engine` that translates every sentence into itself, cut at
+    ``max_len_cap``: the translator's segmenting, batching and accounting without a model."""
+
+    def __init__(self, tokenizer, max_len_cap=None):
+        self.tokenizer, self.model_id = tokenizer, "copy@1"
+        self.device, self.precision = torch.device("cpu"), "fp32"
+        self.max_len_cap, self.memory_left = max_len_cap, None
+        self.batches = []
+
+    def decode(self, sources):
+        self.batches.append(len(sources))
+        return [ids[: self.max_len_cap] for ids in sources]
+
+
+def test_the_translator_asks_its_engine_only_through_the_protocol(
+    translator, toy_checkpoint, monkeypatch
+):
+    engine = CopyEngine(translator.tokenizer, max_len_cap=9)
+    monkeypatch.setattr(s2s.translator, "load_engine", lambda cfg, device, share: engine)
+    copier = Translator(DecodeConfig(model=toy_checkpoint, beam=2, max_sentences=4))
+    assert (copier.model_id, copier.device, copier.max_input_tokens) == ("copy@1", engine.device, 8)
+    docs = ["Open file. Save file.\n\nQuit", None, " ".join(["Open the file"] * 6) + "."]
+    results = copier.translate_documents(docs)
+    assert results[0].translation == docs[0] and results[0].error is None
+    assert results[1].error == "text is null"
+    assert "cut into parts" in results[2].warning  # parts of 8 tokens, joined with spaces
+    assert results[2].translation.replace(" ", "") == docs[2].replace(" ", "")
+    assert engine.batches and max(engine.batches) <= 4  # cut by the translator's budgets

@@ -2,6 +2,10 @@
 
 Search and the trainer use only :class:`Seq2Seq`; they never ask which family they hold. A new
 family is one file with one class and one entry in :func:`build_model`.
+
+Files: ``transformer.py`` (self-attention, KV cache, beams share the encoder memory) and
+``rnn.py`` (LSTM/GRU with attention and input feeding). Token ids use the tokenizer's specials:
+pad 0 (right padding), bos 2 starts every target, eos 3 ends every source and target.
 """
 
 from __future__ import annotations
@@ -50,18 +54,19 @@ class Seq2Seq(Protocol):
 def select_batch(state: Any, indices: Tensor) -> Any:
     """Index dim 0 of every tensor in a (nested) state; what `reorder_state` does for both."""
     if isinstance(state, Tensor):
-        return state.index_select(0, indices)
+        return state.index_select(0, indices)  # (B, ...) -> (B', ...), a copy
     if isinstance(state, dict):
         return {k: select_batch(v, indices) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
+    if isinstance(state, (list, tuple)):  # per-layer caches, an LSTM's (h, c)
         return type(state)(select_batch(v, indices) for v in state)
-    return state
+    return state  # None, step counters
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Instantiate the family ``cfg.family`` with flat keyword arguments from ``cfg``."""
     if cfg.vocab_size < 1:
         raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building")
+    # Imported here: the family modules import this package (DecoderState, select_batch).
     if cfg.family == "transformer":
         from s2s.models.transformer import Transformer
 
@@ -74,14 +79,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             ffn_dim=cfg.ffn_dim,
             dropout=cfg.dropout,
             attention_dropout=cfg.attention_dropout,
-            pre_norm=cfg.norm == "pre",
+            pre_norm=cfg.norm == "pre",  # config says "pre" | "post"
             max_positions=cfg.max_positions,
         )
     from s2s.models.rnn import RNNSeq2Seq
 
     return RNNSeq2Seq(
         vocab_size=cfg.vocab_size,
-        emb_dim=cfg.d_model,
+        emb_dim=cfg.d_model,  # one width key for both families' embeddings
         hidden_dim=cfg.hidden_dim,
         enc_layers=cfg.enc_layers,
         dec_layers=cfg.dec_layers,

@@ -155,58 +155,9 @@ def model_overrides(preset: str, sizes: Sizes, vocab_size: int) -> dict:
 # -- the corpus ----------------------------------------------------------------------------------
 
 # Syllables of the two sides: the target's look German (umlauts, ß: non-ASCII text on purpose).
-_ONSETS = [
-    "b",
-    "d",
-    "f",
-    "g",
-    "h",
-    "k",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "t",
-    "v",
-    "w",
-    "z",
-    "st",
-    "tr",
-    "br",
-    "pl",
-    "sh",
-    "ch",
-    "gr",
-    "fl",
-]
+_ONSETS = "b d f g h k l m n p r s t v w z st tr br pl sh ch gr fl".split()  # noqa: SIM905
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "y"]
-_T_ONSETS = [
-    "b",
-    "d",
-    "f",
-    "g",
-    "h",
-    "k",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "t",
-    "w",
-    "z",
-    "sch",
-    "str",
-    "pf",
-    "kr",
-    "gl",
-    "zw",
-    "sp",
-    "fr",
-]
+_T_ONSETS = "b d f g h k l m n p r s t w z sch str pf kr gl zw sp fr".split()  # noqa: SIM905
 _T_VOWELS = ["a", "e", "i", "o", "u", "ä", "ö", "ü", "ei", "au", "ie", "eu"]
 _T_CODAS = ["", "", "n", "r", "t", "ng", "ck", "s", "ß"]
 

@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ _RAY_CHECKPOINTS = "checkpoint_manager_snapshot.json"
 
 
 @dataclass
-class TrainerState(Mapping):
+class TrainerState:
     """Where a run stands: what ``trainer_state.json`` holds and a resumed run restarts from.
 
     The file is the contract (shared/DESIGN.md); this class is its only reader and writer. Reading
@@ -69,10 +69,6 @@ class TrainerState(Mapping):
     leaves out ``resumed_from`` and ``averaged_from`` while they are empty: their absence means
     "never resumed" and "not an average". Keys are written in the order of the fields (the order
     training has always written them), then the ``extra`` ones.
-
-    For code written when the trainer state was a dict, it also reads as a read-only mapping of
-    the file's keys: ``state["step"]``, ``"resumed_from" in state``, ``{**state}``. (Equality is
-    the dataclass's: a TrainerState never equals a dict.)
     """
 
     step: int = 0  # optimizer steps taken
@@ -129,16 +125,6 @@ class TrainerState(Mapping):
             TypeError: if it is not a JSON object.
         """
         return cls.from_dict(json.loads(text))
-
-    # The read-only mapping view, over the keys of the file.
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
 
 
 @dataclass

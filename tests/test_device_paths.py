@@ -1,6 +1,7 @@
 """The GPU path where a CPU can test it: restore order and map_location (a state saved on one
 device kind restored onto another), device batches, prefetching, precision resolution."""
 
+import dataclasses
 import io
 
 import pytest
@@ -33,9 +34,8 @@ def trained_checkpoint(tmp_path, gettext_pairs) -> tuple[str, TrainConfig]:
     (loss / n).backward()
     optimizer.step()
     uri = str(tmp_path / "ckpt")
-    save_checkpoint(
-        uri, model, cfg.model, proto, {**state, "step": 1}, {"optimizer": optimizer.state_dict()}
-    )
+    state = dataclasses.replace(state, step=1)
+    save_checkpoint(uri, model, cfg.model, proto, state, {"optimizer": optimizer.state_dict()})
     return uri, cfg
 
 
@@ -46,7 +46,7 @@ def test_restored_optimizer_state_lands_on_the_models_device(trained_checkpoint)
     Restoring before moving the model (the order that breaks on a GPU) fails this test."""
     uri, cfg = trained_checkpoint
     model, optimizer, state = build_training(cfg, torch.device("meta"), uri)
-    assert state["step"] == 1 and state["resumed_from"] == [1]
+    assert state.step == 1 and state.resumed_from == [1]
     assert all(p.device.type == "meta" for p in model.parameters())
     moments = [
         (t, p)
@@ -92,7 +92,7 @@ def test_gpu_optimizer_state_resumes_on_a_cpu(trained_checkpoint):
     loss, _, n = label_smoothed_loss(model(batch["src"], batch["tgt_in"]), batch["tgt_out"], 0.1)
     (loss / n).backward()
     optimizer.step()  # state and parameters on one device
-    assert state["step"] == 1
+    assert state.step == 1
 
 
 def test_optimizer_is_fused_only_on_cuda():

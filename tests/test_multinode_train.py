@@ -164,13 +164,13 @@ def test_node_lost_mid_training_and_a_fresh_node_joins(ray_cluster, bucket, corp
     thread.join(timeout=600)
     assert not thread.is_alive(), "training did not finish after the node was lost"
     state = load_checkpoint(outcome["result"].checkpoint).trainer_state
-    assert state["step"] == 80
+    assert state.step == 80
     assert victim.node_id not in ray_cluster.alive_node_ids()
-    assert state["resumed_from"], "the run never restarted: the kill did not land"
+    assert state.resumed_from, "the run never restarted: the kill did not land"
     # Nothing registered was lost: at most the steps since the last checkpoint (one interval,
     # and the next checkpoint if its upload was in flight).
-    assert state["resumed_from"][0] >= persisted
-    assert state["data_digest"] == expected_digest(cfg, 80)
+    assert state.resumed_from[0] >= persisted
+    assert state.data_digest == expected_digest(cfg, 80)
 
 
 def test_elastic_run_shrinks_on_node_loss_and_grows_back(ray_cluster, bucket, corpus):

@@ -19,7 +19,7 @@ from s2s.config import ConfigError
 
 __all__ = ["connect", "check_local_paths", "wait_for_capacity"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def connect() -> None:
@@ -133,7 +133,7 @@ def wait_for_capacity(
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=[per_worker] * count)
-    logger.info("waiting up to %.0f s for the autoscaler to add %s", timeout_s, missing())
+    log.info("waiting up to %.0f s for the autoscaler to add %s", timeout_s, missing())
     deadline = time.monotonic() + timeout_s
     while missing():
         if time.monotonic() > deadline:

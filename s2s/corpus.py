@@ -40,7 +40,7 @@ __all__ = [
     "text_as_bytes",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -148,7 +148,7 @@ def read_unit(
             while len(block) >= block_rows:
                 yield block.pop_table(block_rows, unit.input_id)
     except (OSError, EOFError, ValueError) as err:
-        logger.warning("%s: reading stopped after line %d: %s", unit.name, block.lines, err)
+        log.warning("%s: reading stopped after line %d: %s", unit.name, block.lines, err)
         block.extend(([None], [None], ["read_error"]))
     while len(block):
         yield block.pop_table(block_rows, unit.input_id)

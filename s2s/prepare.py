@@ -62,7 +62,7 @@ from s2s.tokenizer import SPECIAL_IDS, TOKENIZER_FILE, Tokenizer, train_tokenize
 
 __all__ = ["prepare_corpus", "PrepareResult", "plan_inputs"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 _MAX_BLOCK_BYTES = 16 << 20
 # De-duplication groups of ~4k records: far smaller than a block (read_block_rows, 32k), so the
 # shuffle's partitions, ranges of groups, come out even; a de-duplication call costs ~0.1 ms.
@@ -115,14 +115,14 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
     with prepare_lease(cfg.output) as lease:
         # Again, now that no other prepare can change it: one may have finished it meanwhile.
         if _check_output(cfg) == "incomplete":
-            logger.warning(
+            log.warning(
                 "%s holds an incomplete corpus (a prepare that failed or was killed): replacing it",
                 cfg.output,
             )
         sketch = _scan(units, cfg, place) if _needs_scan(cfg, units) else None
         plan = _split_plan(cfg, sketch)
         if proto is None:
-            logger.info(
+            log.info(
                 "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
             )
             proto = ray.get(
@@ -317,7 +317,7 @@ def _unprocessable(unit_names: list[str]):
 
     def drop(row: pa.Table, err: BaseException) -> pa.Table:
         where = f"{unit_names[row['input_id'][0].as_py()]}:{row['line'][0].as_py()}"
-        logger.warning("%s: dropped as unprocessable: %s", where, describe(err))
+        log.warning("%s: dropped as unprocessable: %s", where, describe(err))
         return drop_records(row, "unprocessable")
 
     return drop

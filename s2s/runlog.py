@@ -11,7 +11,7 @@ from s2s import storage
 
 __all__ = ["METRICS_NAME", "CURVES_NAME", "read_metrics", "write_metrics", "plot_curves"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 
@@ -39,7 +39,7 @@ def plot_curves(run: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info("matplotlib is not installed: no %s (pip install 's2s[plot]')", CURVES_NAME)
+        log.info("matplotlib is not installed: no %s (pip install 's2s[plot]')", CURVES_NAME)
         return
     lines = read_metrics(run)
     if not lines:

@@ -58,7 +58,7 @@ from s2s.tokenizer import Tokenizer
 
 __all__ = ["train", "TrainResult"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 CONFIG_NAME = "train_config.yaml"  # what `s2s train --resume RUN` starts from
 BEST_NAME = "best"  # the checkpoint with the best validation BLEU so far
 
@@ -106,11 +106,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer = _trainer(cfg, manifest, proto, place.get("label_selector"))
     metrics_uri, curves_uri = (storage.join(cfg.output, n) for n in (METRICS_NAME, CURVES_NAME))
     # Said up front: metrics.jsonl is rewritten at each checkpoint, so a run can be followed.
-    logger.info("metrics: %s (each checkpoint), curves: %s (at the end)", metrics_uri, curves_uri)
+    log.info("metrics: %s (each checkpoint), curves: %s (at the end)", metrics_uri, curves_uri)
     result = trainer.fit()
     plot_curves(cfg.output)
     curves = curves_uri if storage.exists(curves_uri) else "not drawn (no matplotlib)"
-    logger.info("training done: metrics %s, curves %s", metrics_uri, curves)
+    log.info("training done: metrics %s, curves %s", metrics_uri, curves)
     checkpoint = None
     if result.checkpoint is not None:
         prefix = "s3://" if storage.is_s3(cfg.output) else ""
@@ -234,7 +234,7 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         package.addHandler(handler)
     package.setLevel(logging.INFO)
-    package.propagate = False  # Ray also forwards the root logger: print each line once
+    package.propagate = False  # Ray also forwards the root log: print each line once
 
 
 @dataclass
@@ -299,7 +299,7 @@ class _Loop:
         self.control = dist.new_group(backend="gloo") if nccl else None
         if self.rank == 0:
             millions = sum(p.numel() for p in self.model.parameters()) / 1e6
-            logger.info(
+            log.info(
                 "training %s (%.1fM parameters) on %d worker(s), %s, %s, from step %d "
                 "(epoch %d, batch %d)",
                 *(cfg.preset, millions, self.world, self.device.type, self.precision),
@@ -440,9 +440,7 @@ class _Loop:
         if self.rank == 0:
             eta = f" eta {line['eta_s']}s" if "eta_s" in line else ""
             values = (step, line["loss"], line["ppl"], line["lr"], rate, elapsed, eta)
-            logger.info(
-                "step %d | loss %.3f | ppl %.1f | lr %.2e | %d tgt tok/s | %.0fs%s", *values
-            )
+            log.info("step %d | loss %.3f | ppl %.1f | lr %.2e | %d tgt tok/s | %.0fs%s", *values)
 
     def _evaluate(self) -> dict:
         """Valid perplexity and greedy BLEU/chrF on the valid subset (rank 0; others skip)."""

@@ -19,10 +19,11 @@ import torch
 from s2s import cluster, storage
 from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
+from s2s.engines import engine_model_id
 from s2s.manifest import MANIFEST_NAME, read_manifest
 from s2s.scoring import score
 from s2s.shards import read_shard
-from s2s.translator import DocumentResult, Translator, model_id
+from s2s.translator import DocumentResult, Translator
 
 __all__ = ["evaluate", "load_pairs"]
 
@@ -117,7 +118,7 @@ def _decode_on_gpu(
 ) -> tuple[list[DocumentResult], str, float]:
     """:func:`_decode` in a Ray task that holds a GPU; refused up front, with the numbers, on a
     cluster that has none and cannot grow one within ``wait_for_workers_s``."""
-    model_id(cfg)  # a damaged model is one line here, not a failed task
+    engine_model_id(cfg)  # a damaged model is one line here, not a failed task
     place = cluster.check_local_paths([cfg.model], cfg.shared_fs)
     cluster.connect()
     need, fix = {"GPU": 1, "CPU": 1}, "add a GPU node, or evaluate on the CPU (without --gpu)"

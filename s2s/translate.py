@@ -52,8 +52,8 @@ from s2s.documents import (
     plan_outputs,
     plan_pieces,
 )
+from s2s.engines import engine_model_id
 from s2s.lease import LEASE_NAME, Lease
-from s2s.translator import model_id as translator_model_id
 from s2s.work import ERROR_SAMPLES, DocumentCounts, PieceSummary, PieceTranslator, work_items
 
 __all__ = ["translate", "TranslateResult", "RUN_SUMMARY"]
@@ -102,7 +102,7 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
     # Local paths on one node: actors and finishing tasks stay there.
     place = cluster.check_local_paths([cfg.input, cfg.output, cfg.model], cfg.shared_fs)
     storage.check_output(cfg.output)
-    model_id = translator_model_id(cfg)
+    model_id = engine_model_id(cfg)
     inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)
     del files  # a nightly prefix may hold 100,000: keep one record per input, not two
     with Lease(storage.join(cfg.output, LEASE_NAME), cfg.lease_ttl_s) as lease:

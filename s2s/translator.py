@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from s2s.config import DecodeConfig
-from s2s.engines import engine_model_id, load_engine
+from s2s.engines import load_engine
 from s2s.filters import normalize_text
 from s2s.poison import describe, isolate
 from s2s.segment import join_document, split_document
@@ -37,7 +37,6 @@ __all__ = [
     "DocumentResult",
     "SentenceResult",
     "batch_order",
-    "model_id",
     "batch_limits",
     "gpu_batch_limits",
     "is_out_of_memory",
@@ -138,16 +137,6 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
     )
-
-
-def model_id(cfg: DecodeConfig) -> str:
-    """The id translations made with these settings carry, after checking the model directory
-    whole without loading the model (the driver does this before any work is handed out).
-
-    Raises:
-        ConfigError: a model directory that is missing a file or damaged.
-    """
-    return engine_model_id(cfg)
 
 
 class Translator:

@@ -176,7 +176,12 @@ def main() -> None:
 
         ray.init(num_cpus=os.cpu_count(), logging_level=logging.WARNING)
         address = ray.get_runtime_context().gcs_address
-        cfg = {"model": roots["model"], "input": roots["inbox"], "output": roots["out"], "beam": 1}
+        cfg = {
+            "checkpoint": roots["model"],
+            "input": roots["inbox"],
+            "output": roots["out"],
+            "beam": 1,
+        }
         runs = {}
         for name in ("first run", "rerun (all complete)"):
             with multiprocessing.get_context("spawn").Pool(1) as pool:

@@ -138,7 +138,7 @@ def translate_check(checkpoint: str, test: str, work: Path, length_penalty: floa
     started = time.perf_counter()
     translate(
         TranslateConfig(
-            model=checkpoint, input=str(docs), output=str(out), beam=4, overwrite=True,
+            checkpoint=checkpoint, input=str(docs), output=str(out), beam=4, overwrite=True,
             length_penalty=length_penalty, cpus_per_actor=1, torch_threads=os.cpu_count() or 2,
         )
     )  # fmt: skip
@@ -156,10 +156,12 @@ def _epochs(tokens_seen: int, data: str) -> float:
     return round(tokens_seen / per_epoch, 2)
 
 
-def _evaluate(model: str, data: str, split: str, length_penalty: float, limit: int = 0) -> dict:
+def _evaluate(
+    checkpoint: str, data: str, split: str, length_penalty: float, limit: int = 0
+) -> dict:
     cfg = EvaluateConfig(
-        model=model, data=data, split=split, limit=limit, beam=4, length_penalty=length_penalty,
-        torch_threads=os.cpu_count() or 2,
+        checkpoint=checkpoint, data=data, split=split, limit=limit, beam=4,
+        length_penalty=length_penalty, torch_threads=os.cpu_count() or 2,
     )  # fmt: skip
     report = evaluate(cfg)
     return {k: report[k] for k in ("bleu", "chrf", "signature", "sentences", "segments", "seconds")}

@@ -13,11 +13,16 @@ forced):
   hf           ``MarianMTModel.generate`` with identical dimensions
   ct2          CTranslate2 running that Marian model after its converter (fp32, int8)
 
+Then an OPUS-MT-shaped Hugging Face Marian model (d 512, 6+6 layers, swish, a final logits bias,
+Marian's vocabulary layout) imported with ``s2s import --from hf``: s2s's engines on the import
+against ``generate`` and CTranslate2's converter on the same weights.
+
 Then the whole ``s2s translate`` job (Ray Data, one translator actor, real documents of several
 sentences each) against the engine alone (``Translator.translate_sentences``) on the same
 sentences, and the translator actor's peak private memory on one 5 MB document.
 
-    python jobs/bench_translate.py [--sentences 256] [--length 24] [--parts engines,job,bigdoc]
+    python jobs/bench_translate.py [--sentences 256] [--length 24]
+        [--parts engines,imported,job,bigdoc]
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from pathlib import Path
 import torch
 from procmem import PeakSampler, largest_rss
 
-from s2s.checkpoint import save_checkpoint
+from s2s.checkpoint import load_checkpoint, save_checkpoint
 from s2s.config import TranslateConfig, model_preset
 from s2s.engines.ctranslate2 import export_ctranslate2
+from s2s.marian import import_marian
 from s2s.models import build_model
 from s2s.search import beam_search, greedy_search
 from s2s.segment import split_document
@@ -64,13 +70,15 @@ def batches_of(ids: list[list[int]], size: int = 64) -> list[list[list[int]]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def pad(batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(
+    batch: list[list[int]], pad_id: int = PAD_ID, eos_id: int = EOS_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S) ids with eos, right-padded, and the attention mask."""
     width = max(len(s) for s in batch) + 1
-    src = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+    src = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for i, s in enumerate(batch):
-        src[i, : len(s) + 1] = torch.tensor(s + [EOS_ID])
-    return src, src != PAD_ID
+        src[i, : len(s) + 1] = torch.tensor(s + [eos_id])
+    return src, src != pad_id
 
 
 def timed(fn, repeats: int = 2) -> float:
@@ -134,9 +142,9 @@ def run_s2s(model, batches, beam: int, length: int) -> None:
 
 
 @torch.inference_mode()
-def run_hf(marian, batches, beam: int, length: int) -> None:
+def run_hf(marian, batches, beam: int, length: int, pad_id=PAD_ID, eos_id=EOS_ID) -> None:
     for batch in batches:
-        src, mask = pad(batch)
+        src, mask = pad(batch, pad_id, eos_id)
         marian.generate(
             input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
             max_new_tokens=length, min_new_tokens=length, early_stopping=False,
@@ -194,6 +202,85 @@ def engine_table(args, tokenizer: Tokenizer, proto_path: Path, sentences: list[s
     return rows
 
 
+def opus_mt_dir(tokenizer_model: Path, out: Path) -> Path:
+    """A Hugging Face Marian directory shaped as OPUS-MT's are: transformer-base dimensions (d 512,
+    6+6 layers, 8 heads, ffn 2048), swish, scaled embeddings, a final logits bias, positions up
+    to 512, and a joint vocab.json as the Marian converter writes it (eos 0, unk 1, the pieces,
+    pad last: pad also starts the decoder), our SentencePiece model on both sides. Random
+    weights: lengths are forced, so speed does not depend on them."""
+    import sentencepiece as spm
+    from transformers import MarianConfig, MarianMTModel
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(sp.get_piece_size()):
+        if not (sp.is_control(i) or sp.is_unknown(i)):
+            vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = pad = len(vocab)
+    config = MarianConfig(
+        vocab_size=len(vocab), decoder_vocab_size=len(vocab), d_model=512, encoder_layers=6,
+        decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
+        encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512,
+        activation_function="swish", scale_embedding=True, pad_token_id=pad,
+        decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=None,
+        share_encoder_decoder_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MarianMTModel(config).eval()
+    model.final_logits_bias.normal_(0, 0.1)
+    model.save_pretrained(out)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    for name in ("source.spm", "target.spm"):
+        shutil.copy(tokenizer_model, out / name)
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "MarianTokenizer", "source_lang": "en", "target_lang": "de"})
+    )
+    return out
+
+
+def imported_table(args, proto_path: Path, sentences: list[str], work: Path):
+    """An OPUS-MT-shaped model imported with ``s2s import --from hf``: s2s's engines on the
+    import against ``generate`` and CTranslate2's converter on the same Hugging Face weights."""
+    import ctranslate2
+    from transformers import MarianMTModel
+
+    hf_dir = opus_mt_dir(proto_path, work / "opus-mt")
+    vocab = json.loads((hf_dir / "vocab.json").read_text())
+    ckpt = str(work / "opus-mt-imported")
+    import_marian(str(hf_dir), ckpt)
+    imported = load_checkpoint(ckpt)
+    batches = batches_of([ids[:64] for ids in imported.tokenizer.encode(sentences)])
+    pieces = [[imported.tokenizer.id_to_piece(b) for b in batch] for batch in batches]
+    # Marian's ids and layout for generate: eos 0 appended, pad (the last id) after it.
+    marian_batches = [[[vocab[p] for p in s] for s in batch] for batch in pieces]
+    marian = MarianMTModel.from_pretrained(hf_dir).eval()
+    ct2_dir = work / "opus-mt-ct2"
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(str(ct2_dir), force=True)
+    s2s_ct2 = export_ctranslate2(ckpt, str(work / "opus-mt-s2s-ct2"))
+
+    def ct2(path):
+        return ctranslate2.Translator(
+            str(path), device="cpu", compute_type="float32", intra_threads=THREADS
+        )
+
+    rows = []
+    torch.set_num_threads(THREADS)
+    for beam in (1, 4):
+        engines = {
+            "s2s": partial(run_s2s, imported.model, batches),
+            "s2s-ct2": partial(run_ct2, ct2(s2s_ct2), pieces),
+            "hf": partial(run_hf, marian, marian_batches, pad_id=vocab["<pad>"], eos_id=0),
+            "ct2": partial(run_ct2, ct2(ct2_dir), [[p + ["</s>"] for p in b] for b in pieces]),
+        }
+        row = {"model": "OPUS-MT-shaped import", "beam": beam}
+        for name, run in engines.items():
+            seconds = timed(partial(run, beam, args.length), repeats=1 if name == "hf" else 2)
+            row[name] = len(sentences) * args.length / seconds
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
     """The Ray Data job on documents against the engine alone on the same sentences."""
     import ray
@@ -218,7 +305,7 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
         with open(docs / f"part-{f // per_file:04d}.jsonl", "w") as out:
             for n, text in enumerate(documents[f : f + per_file]):
                 out.write(json.dumps({"id": f + n, "text": text}) + "\n")
-    settings = {"model": str(ckpt), "beam": args.job_beam, "torch_threads": THREADS}
+    settings = {"checkpoint": str(ckpt), "beam": args.job_beam, "torch_threads": THREADS}
     engine = Translator(TranslateConfig(**settings))
     torch.set_num_threads(THREADS)
     segments = [s for d in documents for s in split_document(d)[0]]
@@ -253,7 +340,7 @@ def job_vs_engine(args, tokenizer_proto: bytes, pairs, work: Path) -> dict:
     with PeakSampler(lambda: largest_rss("PieceTranslator")) as peak:
         big_summary = translate(
             TranslateConfig(
-                model=str(ckpt), beam=1, torch_threads=THREADS, input=str(big),
+                checkpoint=str(ckpt), beam=1, torch_threads=THREADS, input=str(big),
                 output=str(work / "big-out"), overwrite=True, cpus_per_actor=THREADS,
                 max_document_chars=6_000_000, max_len_a=1.0, max_len_b=5,
             )
@@ -272,7 +359,7 @@ def main() -> None:
     parser.add_argument("--presets", default="transformer-small,transformer-base")
     parser.add_argument("--job-sentences", type=int, default=6000)
     parser.add_argument("--job-beam", type=int, default=4)
-    parser.add_argument("--parts", default="engines,job,bigdoc", help="what to measure")
+    parser.add_argument("--parts", default="engines,imported,job,bigdoc", help="what to measure")
     parser.add_argument("--workdir", default="bench-output/translate")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
@@ -313,6 +400,19 @@ def main() -> None:
             print(
                 f"| {r['preset']} | {search} | {cells} | " + " | ".join(f"{x:.2f}x" for x in ratios)
             )
+
+    if "imported" in args.parts:
+        imported = imported_table(args, proto_path, sentences, work)
+        print(f"\nImported OPUS-MT-shaped model (d 512, 6+6 layers, swish; output tokens/s, "
+              f"{args.length} tokens forced, {THREADS} threads)\n")  # fmt: skip
+        names = ["s2s", "s2s-ct2", "hf", "ct2"]
+        print("| model | search | " + " | ".join(names) + " | s2s / hf | s2s-ct2 / ct2 |")
+        print("|" + " --- |" * (len(names) + 4))
+        for r in imported:
+            cells = " | ".join(f"{r[n]:,.0f}" for n in names)
+            search = "greedy" if r["beam"] == 1 else f"beam {r['beam']}"
+            print(f"| {r['model']} | {search} | {cells} | {r['s2s'] / r['hf']:.2f}x | "
+                  f"{r['s2s-ct2'] / r['ct2']:.2f}x |")  # fmt: skip
 
     if "job" in args.parts:
         # Unseen by the tokenizer (test, valid), then training pairs beyond its sample.

@@ -806,8 +806,8 @@ class Check:
         sentences = held_out_sentences(self.data, self.sizes.decode_sentences)
         exported = str(self.work / "ct2")
         shutil.rmtree(exported, ignore_errors=True)
-        engines: list[tuple[str, dict]] = [("torch", {"model": checkpoint})]
-        ct2 = {"model": exported, "engine": "ctranslate2"}
+        engines: list[tuple[str, dict]] = [("torch", {"checkpoint": checkpoint})]
+        ct2 = {"checkpoint": exported, "engine": "ctranslate2"}
         try:
             export_ctranslate2(checkpoint, exported)
         except Exception as err:
@@ -872,7 +872,7 @@ class Check:
         total_bytes = sum(p.stat().st_size for p in docs.iterdir())
         # Pieces of 1/8 of the input: work for both actors (one 4 MB piece would feed one).
         piece_mb = max(1e-4, total_bytes / 8 / 2**20)
-        settings = {"model": checkpoint, "use_gpu": self.gpu}
+        settings = {"checkpoint": checkpoint, "use_gpu": self.gpu}
 
         engine = Translator(DecodeConfig(**settings))
         try:

@@ -4,7 +4,7 @@ again by the next run of the job. Same flags as `s2s pipeline`; the same command
 local Ray and under `ray job submit`:
 
     python jobs/pipeline.py --corpus s3://raw/en-de.tsv --docs s3://inbox/ --output s3://nmt/en-de \
-        --model transformer-small --max-steps 20000 --workers 2 [--config FILE] [train.lr=5e-4 ...]
+        --preset transformer-small --max-steps 20000 --workers 2 [--config FILE] [train.lr=5e-4 ...]
 
 Exit status (s2s/exitcodes.py): 0 done; 1 some documents' inputs failed to translate (listed
 last); 2 refused before work: a bad setting or unreachable storage (the reason printed last); 3

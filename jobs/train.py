@@ -1,7 +1,7 @@
 """Ray job: train a model. Same flags as `s2s train`, e.g.
 
     python jobs/train.py --data s3://bucket/prepared --output s3://bucket/runs/r1 \
-        --model transformer-small --workers 2 --max-time 20
+        --preset transformer-small --workers 2 --max-time 20
 """
 
 import sys

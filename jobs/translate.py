@@ -1,7 +1,7 @@
 """Ray job: translate a document set into one output file per input file. Same flags as
 `s2s translate`, e.g.
 
-    python jobs/translate.py --model s3://bucket/runs/r1/best --input s3://bucket/docs/ \
+    python jobs/translate.py --checkpoint s3://bucket/runs/r1/best --input s3://bucket/docs/ \
         --output s3://bucket/translations/ --beam 4 --concurrency 1,8
 
 Exit status (s2s/exitcodes.py): 0 when every input is translated, 1 when some inputs failed

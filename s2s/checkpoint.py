@@ -5,6 +5,7 @@ Contract (shared/DESIGN.md)::
     model.safetensors    weights of the unwrapped model, no pickled code
     config.yaml          the ModelConfig that rebuilds it
     tokenizer.model      the SentencePiece model it was trained with
+    target_tokenizer.model  optional: the target side's, where it segments differently
     trainer_state.json   step, epoch, best metric, data position, ... (:class:`TrainerState`)
     optimizer.pt         optimizer state, loaded with weights_only=True
 
@@ -32,7 +33,7 @@ from torch import nn
 from s2s import storage
 from s2s.config import ConfigError, ModelConfig, from_dict
 from s2s.models import build_model
-from s2s.tokenizer import TOKENIZER_FILE, Tokenizer
+from s2s.tokenizer import TARGET_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer
 
 __all__ = [
     "Checkpoint",
@@ -42,15 +43,17 @@ __all__ = [
     "validate_checkpoint",
     "load_optimizer_state",
     "load_weights",
+    "read_model_config",
     "restore_training",
     "list_checkpoints",
     "average_checkpoints",
 ]
 
-WEIGHTS, CONFIG, TOKENIZER, STATE, OPTIMIZER = (
+WEIGHTS, CONFIG, TOKENIZER, TARGET_TOKENIZER, STATE, OPTIMIZER = (
     "model.safetensors",
     "config.yaml",
     TOKENIZER_FILE,
+    TARGET_TOKENIZER_FILE,
     "trainer_state.json",
     "optimizer.pt",
 )
@@ -133,9 +136,10 @@ class Checkpoint:
 
     model: nn.Module
     model_config: ModelConfig
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer  # encodes sources
     trainer_state: TrainerState
     model_id: str  # "<directory name>@step<N>:<sha256 of the weights, 12 hex>"
+    target_tokenizer: Tokenizer  # decodes outputs: ``tokenizer`` unless the target has its own
 
 
 def save_checkpoint(
@@ -145,11 +149,14 @@ def save_checkpoint(
     tokenizer_proto: bytes,
     trainer_state: TrainerState | Mapping[str, Any],
     optimizer_state: dict | None = None,
+    target_tokenizer_proto: bytes | None = None,
 ) -> None:
     """Write a checkpoint directory; ``trainer_state.json`` goes last and marks it complete.
 
     Args:
         model: the *unwrapped* module (not the DDP wrapper), so names carry no ``module.``.
+        target_tokenizer_proto: the target side's SentencePiece model, where it differs from
+            the source side's ``tokenizer_proto`` (over the same vocabulary).
         trainer_state: the run's state; a plain dict (``{"step": 0}``) is read as
             :meth:`TrainerState.from_dict` reads one.
     """
@@ -160,6 +167,8 @@ def save_checkpoint(
     config = {"model": dataclasses.asdict(model_config)}
     storage.write_bytes(storage.join(uri, CONFIG), yaml.safe_dump(config, sort_keys=False).encode())
     storage.write_bytes(storage.join(uri, TOKENIZER), tokenizer_proto)
+    if target_tokenizer_proto is not None:
+        storage.write_bytes(storage.join(uri, TARGET_TOKENIZER), target_tokenizer_proto)
     if optimizer_state is not None:
         buffer = io.BytesIO()
         torch.save(optimizer_state, buffer)
@@ -170,6 +179,12 @@ def save_checkpoint(
 def load_weights(uri: str, model: nn.Module) -> None:
     """Load a checkpoint's safetensors weights into ``model`` (strictly: names and shapes)."""
     model.load_state_dict(load_safetensors(storage.read_bytes(storage.join(uri, WEIGHTS))))
+
+
+def read_model_config(uri: str) -> ModelConfig:
+    """The ModelConfig of a checkpoint (its ``config.yaml``), without loading the weights."""
+    config = yaml.safe_load(storage.read_bytes(storage.join(uri, CONFIG)))
+    return from_dict(ModelConfig, config["model"], where="model.")
 
 
 def restore_training(uri: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
@@ -192,11 +207,11 @@ def load_checkpoint(uri: str, device: str | torch.device = "cpu") -> Checkpoint:
         ConfigError: one line, if the checkpoint is incomplete or damaged (see
             :func:`validate_checkpoint`).
     """
-    model_config, state, weights, tokenizer = _read_checked(uri)
+    model_config, state, weights, (tokenizer, target) = _read_checked(uri)
     model = build_model(model_config)
     model.load_state_dict(load_safetensors(weights))
     model.to(device).eval()
-    return Checkpoint(model, model_config, tokenizer, state, _model_id(uri, state, weights))
+    return Checkpoint(model, model_config, tokenizer, state, _model_id(uri, state, weights), target)
 
 
 def validate_checkpoint(uri: str) -> str:
@@ -210,11 +225,14 @@ def validate_checkpoint(uri: str) -> str:
     return _model_id(uri, state, weights)
 
 
-def _read_checked(uri: str) -> tuple[ModelConfig, TrainerState, bytes, Tokenizer]:
-    """(model config, trainer state, weights, tokenizer) of a checkpoint, read once and checked:
-    every file present, the config a valid ModelConfig, the weights a whole safetensors file whose
-    tensor names and shapes are those of the model the config builds (built on the meta device:
-    no memory), the tokenizer loadable with the config's vocabulary size.
+def _read_checked(
+    uri: str,
+) -> tuple[ModelConfig, TrainerState, bytes, tuple[Tokenizer, Tokenizer]]:
+    """(model config, trainer state, weights, (source, target) tokenizers) of a checkpoint, read
+    once and checked: every file present, the config a valid ModelConfig, the weights a whole
+    safetensors file whose tensor names and shapes are those of the model the config builds
+    (built on the meta device: no memory), the tokenizers loadable with the config's vocabulary
+    size.
 
     Raises:
         ConfigError: one line naming the checkpoint and what is wrong with it.
@@ -242,16 +260,26 @@ def _read_checked(uri: str) -> tuple[ModelConfig, TrainerState, bytes, Tokenizer
             f"{wrong[0]}: {shapes.get(wrong[0])} in the weights, {expected.get(wrong[0])} "
             "for the config)"
         )
+    tokenizer = _read_tokenizer(files[TOKENIZER], model_config)
+    target_path = storage.join(uri, TARGET_TOKENIZER)
+    target = (
+        _read_tokenizer(target_path, model_config) if storage.exists(target_path) else tokenizer
+    )
+    return model_config, state, weights, (tokenizer, target)
+
+
+def _read_tokenizer(path: str, model_config: ModelConfig) -> Tokenizer:
+    """A checkpoint's SentencePiece model, checked against the model's vocabulary size."""
     try:
-        tokenizer = Tokenizer(storage.read_bytes(files[TOKENIZER]), name=uri)
+        tokenizer = Tokenizer(storage.read_bytes(path), name=path)
     except Exception as err:  # SentencePiece raises RuntimeError/OSError on a bad model
-        raise ConfigError(f"{files[TOKENIZER]}: not a SentencePiece model: {err}") from None
+        raise ConfigError(f"{path}: not a SentencePiece model: {err}") from None
     if tokenizer.vocab_size != model_config.vocab_size:
         raise ConfigError(
-            f"{uri}: the tokenizer has {tokenizer.vocab_size} pieces, the model "
+            f"{path}: the tokenizer has {tokenizer.vocab_size} pieces, the model "
             f"{model_config.vocab_size}"
         )
-    return model_config, state, weights, tokenizer
+    return tokenizer
 
 
 def _safetensors_shapes(data: bytes, where: str) -> dict[str, list[int]]:
@@ -328,10 +356,10 @@ def average_checkpoints(run: str, last: int, output: str) -> list[str]:
     averaged = {name: (t / len(chosen)).float().contiguous() for name, t in total.items()}
     newest = chosen[-1]
     storage.write_bytes(storage.join(output, WEIGHTS), save_safetensors(averaged))
-    for name in (CONFIG, TOKENIZER):
-        storage.write_bytes(
-            storage.join(output, name), storage.read_bytes(storage.join(newest, name))
-        )
+    for name in (CONFIG, TOKENIZER, TARGET_TOKENIZER):
+        path = storage.join(newest, name)
+        if storage.exists(path):  # the target tokenizer is optional
+            storage.write_bytes(storage.join(output, name), storage.read_bytes(path))
     state = _read_state(newest)  # the newest's step and history, and what it was averaged from
     state.averaged_from = chosen
     storage.write_bytes(storage.join(output, STATE), state.to_json().encode())

@@ -28,6 +28,7 @@ from s2s.config import (
     TrainConfig,
     TranslateConfig,
     load_config,
+    warn_deprecated,
 )
 from s2s.exitcodes import INPUTS_FAILED, OK, run_guarded
 from s2s.pipeline import PipelineConfig, run_pipeline
@@ -48,7 +49,7 @@ _PIPELINE_FLAGS = [
     ("--corpus", "corpus", {"action": "append", "help": "raw parallel text (repeatable)"}),
     ("--docs", "docs", {"help": "documents to translate"}),
     ("--output", "output", {"help": "root of prepared/, runs/, translations/"}),
-    ("--model", "train.preset", {"help": "model preset (transformer-small)"}),
+    ("--preset", "train.preset", {"help": "model preset (transformer-small)"}),
     ("--max-steps", "train.max_steps", {"type": int}),
     ("--max-time", "train.max_time_min", {"type": float, "help": "minutes"}),
     ("--workers", "train.workers", {"help": "N, or MIN-MAX (elastic)"}),
@@ -58,6 +59,33 @@ _PIPELINE_FLAGS = [
         {"action": "store_true", "default": None, "help": "train, evaluate and translate on GPUs"},
     ),
 ]
+
+
+def _add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """Accept ``old``, the former name of flag ``new`` (setting ``dest``), for one release: it
+    sets the same setting, with a warning (see :func:`_renamed_flags`)."""
+    parser.add_argument(old, dest="renamed:" + dest, metavar="VALUE", help=argparse.SUPPRESS)
+    parser.set_defaults(renamed=[*(parser.get_default("renamed") or []), (old, new, dest)])
+
+
+def _renamed_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with each renamed flag given moved to its new name, and a warning for it.
+
+    Raises:
+        ConfigError: when both a flag's old name and its new one are given.
+    """
+    for old, new, dest in getattr(args, "renamed", []):
+        value = getattr(args, "renamed:" + dest)
+        if value is None:
+            continue
+        if getattr(args, dest, None) is not None:
+            raise ConfigError(
+                f"{old} and {new} both given: {old} is the deprecated name of {new}; "
+                f"give only {new}"
+            )
+        warn_deprecated(old, new)
+        setattr(args, dest, value)
+    return args
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
@@ -195,10 +223,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    if not args.checkpoint:
+        raise ConfigError("export needs --checkpoint URI (a checkpoint directory)")
+    if args.format == "hf":
+        from s2s.marian import export_marian
+
+        if args.quantization:
+            raise ConfigError("--quantization is for --format ctranslate2; hf stores float32")
+        export_marian(args.checkpoint, args.output)
+        print(
+            f"{args.output}: Hugging Face Marian model of {args.checkpoint} "
+            "(MarianMTModel.from_pretrained, MarianTokenizer.from_pretrained)"
+        )
+        return
     from s2s.engines.ctranslate2 import export_ctranslate2
 
-    export_ctranslate2(args.model, args.output, args.quantization)
-    print(f"{args.output}: CTranslate2 model of {args.model} (translate with --engine ctranslate2)")
+    export_ctranslate2(args.checkpoint, args.output, args.quantization)
+    print(
+        f"{args.output}: CTranslate2 model of {args.checkpoint} "
+        "(translate with --engine ctranslate2)"
+    )
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from s2s.marian import import_marian
+
+    summary = import_marian(args.source, args.output)
+    print(json.dumps(summary, indent=2))
+    print(
+        f"{args.output}: s2s checkpoint of {args.source} (use it as --checkpoint, or fine-tune "
+        f"with `s2s prepare --tokenizer {args.output}` and `s2s train --init-from {args.output}`)"
+    )
 
 
 def format_pipeline_summary(report: dict, cfg: PipelineConfig) -> str:
@@ -289,9 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=_cmd_prepare)
 
     train = sub.add_parser("train", help="train a model on a prepared corpus (Ray Train)")
-    _add_config_flags(
-        train, TrainConfig, {"preset": "model", "use_gpu": "gpu", "max_time_min": "max-time"}
-    )
+    _add_config_flags(train, TrainConfig, {"use_gpu": "gpu", "max_time_min": "max-time"})
+    _add_renamed_flag(train, "--model", "--preset", "preset")
     train.add_argument(
         "--resume", metavar="RUN", help="continue a stopped run from its last checkpoint"
     )
@@ -301,21 +355,41 @@ def build_parser() -> argparse.ArgumentParser:
         "translate", help="translate document files into one output file each (Ray Data)"
     )
     _add_config_flags(translate, TranslateConfig, {"use_gpu": "gpu"})
+    _add_renamed_flag(translate, "--model", "--checkpoint", "checkpoint")
     translate.set_defaults(func=_cmd_translate)
 
     evaluate = sub.add_parser("evaluate", help="BLEU and chrF of a checkpoint (sacreBLEU)")
     _add_config_flags(evaluate, EvaluateConfig, {"use_gpu": "gpu"})
+    _add_renamed_flag(evaluate, "--model", "--checkpoint", "checkpoint")
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    export = sub.add_parser("export", help="convert a Transformer checkpoint for another engine")
-    export.add_argument("--model", required=True, help="checkpoint directory (local or s3://)")
+    export = sub.add_parser(
+        "export", help="convert a Transformer checkpoint for CTranslate2 or Hugging Face"
+    )
+    export.add_argument("--checkpoint", help="checkpoint directory (local or s3://); required")
+    _add_renamed_flag(export, "--model", "--checkpoint", "checkpoint")
     export.add_argument("--output", required=True, help="directory to write (local or s3://)")
-    export.add_argument("--format", choices=["ctranslate2"], default="ctranslate2")
+    export.add_argument(
+        "--format",
+        choices=["ctranslate2", "hf"],
+        default="ctranslate2",
+        help="ctranslate2: for --engine ctranslate2; hf: a Hugging Face Marian directory",
+    )
     export.add_argument(
         "--quantization", choices=["int8", "int8_float32", "bfloat16", "float16"],
         help="store weights quantized (default: float32)",
     )  # fmt: skip
     export.set_defaults(func=_cmd_export)
+
+    imported = sub.add_parser(
+        "import", help="convert a Hugging Face Marian (OPUS-MT) model into an s2s checkpoint"
+    )
+    imported.add_argument("source", metavar="DIR", help="the model directory (local or s3://)")
+    imported.add_argument(
+        "--from", dest="source_format", choices=["hf"], required=True, help="its format"
+    )
+    imported.add_argument("--output", required=True, help="checkpoint directory to write")
+    imported.set_defaults(func=_cmd_import)
 
     average = sub.add_parser("average-checkpoints", help="average the last N checkpoints of a run")
     average.add_argument("--run", required=True, help="run directory (local or s3://)")
@@ -328,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, key, options in _PIPELINE_FLAGS:
         pipeline.add_argument(flag, dest=key, **options)
+    _add_renamed_flag(pipeline, "--model", "--preset", "train.preset")
     pipeline.add_argument("--config", help="YAML with corpus/docs/output and stage sections")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=5e-4")
     pipeline.set_defaults(func=_cmd_pipeline)
@@ -339,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     70 internal error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return run_guarded("s2s", lambda: args.func(args))
+    return run_guarded("s2s", lambda: args.func(_renamed_flags(args)))
 
 
 if __name__ == "__main__":

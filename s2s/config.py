@@ -15,6 +15,7 @@ import difflib
 import functools
 import math
 import numbers
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "train_config",
     "load_config",
     "from_dict",
+    "warn_deprecated",
 ]
 
 
@@ -79,7 +81,8 @@ class PrepareConfig:
     # A line longer than this (bytes) is dropped unread: it is no sentence, and bounds memory.
     max_line_bytes: int = 65536
 
-    # Tokenizer: reuse an existing SentencePiece model, or train a joint one on a sample.
+    # Tokenizer: reuse an existing SentencePiece model (a .model file, or a checkpoint directory:
+    # its tokenizer, and its target side's where it has one), or train a joint one on a sample.
     tokenizer: str | None = None
     vocab_size: int = 8000
     tokenizer_type: Literal["unigram", "bpe"] = "unigram"
@@ -128,7 +131,8 @@ class PrepareConfig:
 class ModelConfig:
     """Architecture of a seq2seq model; a preset fills every field, any field can be overridden.
 
-    Transformer fields: ``d_model``, ``heads``, ``ffn_dim``, ``norm``, ``max_positions``.
+    Transformer fields: ``d_model``, ``heads``, ``ffn_dim``, ``norm``, ``max_positions``,
+    ``activation``, ``scale_embedding``, ``output_bias``.
     RNN fields: ``d_model`` is the embedding size, ``hidden_dim`` the encoder output and decoder
     state size, ``cell`` and ``attention``. Both: layer counts, dropout, ``vocab_size`` (taken from
     the prepared corpus' tokenizer when 0).
@@ -150,6 +154,12 @@ class ModelConfig:
     # On attention weights (Transformer). 0 as in fairseq's transformer defaults: a non-zero value
     # keeps scaled_dot_product_attention off its fused kernel (measured: 16% of a CPU step).
     attention_dropout: float = 0.0
+    # Transformer only, for models made elsewhere (`s2s import --from hf`; OPUS-MT uses swish,
+    # scaled embeddings and an output bias): the feed-forward activation, whether token
+    # embeddings are multiplied by sqrt(d_model), and a learned bias on the output logits.
+    activation: Literal["relu", "swish", "gelu"] = "relu"
+    scale_embedding: bool = True
+    output_bias: bool = False
 
     def validate(self) -> None:
         """Raises ConfigError naming what to change."""
@@ -210,6 +220,10 @@ class TrainConfig:
     output: str = ""  # the run directory, local or s3://
     preset: str = "transformer-small"
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Fine-tune: start from this checkpoint's weights (an `s2s import`, say), with its
+    # architecture in place of preset/model, and a fresh optimizer and step count. The corpus
+    # must be prepared with its tokenizer (`s2s prepare --tokenizer CHECKPOINT`).
+    init_from: str = ""
 
     # "N", or "MIN-MAX" for an elastic run: it trains on as many workers as the cluster can place
     # (at least MIN), shrinks when a node is lost and grows back when capacity returns. A step
@@ -324,7 +338,9 @@ class DecodeConfig:
     """How a checkpoint turns source sentences into translations (shared by translate and
     evaluate, so the nightly job and the evaluation cannot drift apart)."""
 
-    model: str = ""  # a checkpoint directory (or, for ctranslate2, an `s2s export`), or s3://
+    # A checkpoint directory (or, for ctranslate2, an `s2s export`), or s3://. Formerly `model`
+    # (the key and --model): still read, with a warning, for one release.
+    checkpoint: str = ""
     # torch: s2s's own search. ctranslate2: CTranslate2's C++ engine (Transformers only; a
     # checkpoint is exported on load, an `s2s export --format ctranslate2` directory used as is).
     engine: Literal["torch", "ctranslate2"] = "torch"
@@ -359,8 +375,8 @@ class DecodeConfig:
     torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("needs --model URI (a checkpoint directory)")
+        if not self.checkpoint:
+            raise ConfigError("needs --checkpoint URI (a checkpoint directory)")
         _check_bounds(self)  # a TranslateConfig's or EvaluateConfig's own settings too
         if self.compute_type in GPU_COMPUTE_TYPES and not self.use_gpu:
             raise ConfigError(
@@ -626,7 +642,8 @@ def load_config(
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     """Build dataclass ``cls`` from a plain dict, coercing each value to its field's type. A
-    TrainConfig's ``model`` section (at any depth) states only what differs from its ``preset``.
+    TrainConfig's ``model`` section (at any depth) states only what differs from its ``preset``;
+    a decode config's former key ``model`` is read as ``checkpoint``, with a warning.
 
     Args:
         cls: the config dataclass.
@@ -634,10 +651,12 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
         where: prefix of the keys, for error messages of nested configs.
 
     Raises:
-        ConfigError: for an unknown key or preset, or a value that does not fit the field's type.
+        ConfigError: for an unknown key or preset, a value that does not fit the field's type, or
+            a renamed key given under both its names.
     """
     if cls is TrainConfig:
         data = _model_over_preset(data, where)
+    data = _renamed_keys(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -646,6 +665,36 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             raise ConfigError(_unknown_key_message(where + key, key, names))
         kwargs[key] = _coerce(value, hints[key], where + key)
     return cls(**kwargs)
+
+
+# Keys renamed, still read for one release with a warning: (config class, old key, new key).
+_RENAMED_KEYS = [(DecodeConfig, "model", "checkpoint")]
+
+
+def _renamed_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with each old key of ``cls`` under its new name, and a warning for it; the one
+    place renamed keys are read, whichever layer (file, flag, ``key=value``, a script's dict) set
+    them.
+
+    Raises:
+        ConfigError: when both the old key and the new one are given.
+    """
+    for owner, old, new in _RENAMED_KEYS:
+        if not (issubclass(cls, owner) and old in data):
+            continue
+        if new in data:
+            raise ConfigError(
+                f"config keys {where + old!r} and {where + new!r} both given: {old!r} is the "
+                f"deprecated name of {new!r}; give only {new!r}"
+            )
+        warn_deprecated(f"config key {where + old!r}", repr(where + new))
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One line on stderr: ``old`` (a flag or a config key) still works, but ``new`` replaces it."""
+    print(f"s2s: warning: {old} is deprecated; use {new}", file=sys.stderr)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

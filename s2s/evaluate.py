@@ -119,7 +119,7 @@ def _decode_on_gpu(
     """:func:`_decode` in a Ray task that holds a GPU; refused up front, with the numbers, on a
     cluster that has none and cannot grow one within ``wait_for_workers_s``."""
     engine_model_id(cfg)  # a damaged model is one line here, not a failed task
-    place = cluster.check_local_paths([cfg.model], cfg.shared_fs)
+    place = cluster.check_local_paths([cfg.checkpoint], cfg.shared_fs)
     cluster.connect()
     need, fix = {"GPU": 1, "CPU": 1}, "add a GPU node, or evaluate on the CPU (without --gpu)"
     cluster.wait_for_capacity(need, 1, "evaluate --gpu", cfg.wait_for_workers_s, fix)

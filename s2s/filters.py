@@ -197,12 +197,14 @@ def tokenize_records(
     max_len: int,
     max_ratio: float,
     ratio_min_tokens: int,
+    target_tokenizer: Tokenizer | None = None,
 ) -> pa.Table:
     """Encode the kept records and apply the token-length filters.
 
     Args:
         records: cleaned records (see :func:`clean_records`).
-        tokenizer: the corpus' SentencePiece model.
+        tokenizer: the corpus' SentencePiece model...
+        target_tokenizer: ...and the targets', where they have their own (None: the same).
 
     Returns:
         ``records`` plus ``src_ids``/``tgt_ids`` (list<int32>, no bos/eos; empty for dropped
@@ -211,7 +213,7 @@ def tokenize_records(
     idx = np.flatnonzero(records["reason"].is_null().to_numpy(zero_copy_only=False))
     ok = records if len(idx) == len(records) else records.take(idx)
     src_ids, src_len = tokenizer.encode_arrow(ok["src"].to_pylist())
-    tgt_ids, tgt_len = tokenizer.encode_arrow(ok["tgt"].to_pylist())
+    tgt_ids, tgt_len = (target_tokenizer or tokenizer).encode_arrow(ok["tgt"].to_pylist())
     reason = np.array(records["reason"].to_pylist(), dtype=object)
     reason[idx] = length_reasons(src_len, tgt_len, max_len, max_ratio, ratio_min_tokens)
     if len(idx) < len(records):

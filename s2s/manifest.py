@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from s2s import storage
 from s2s.lease import LEASE_NAME, Lease, LeaseHeld
 from s2s.shards import SPLITS
-from s2s.tokenizer import SPECIAL_IDS, TOKENIZER_FILE
+from s2s.tokenizer import SPECIAL_IDS, TARGET_TOKENIZER_FILE, TOKENIZER_FILE
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,7 +55,7 @@ PREPARE_MARKER = "_prepare_started.json"
 # a killed atomic write of one of them leaves behind (storage.write_bytes: "<name>.tmp-<8 hex>").
 _PREPARE_FILE = re.compile(
     rf"(?:(?:{'|'.join(SPLITS)})/part-[0-9a-f]+\.parquet|{re.escape(TOKENIZER_FILE)}|"
-    rf"{re.escape(MANIFEST_NAME)})"
+    rf"{re.escape(TARGET_TOKENIZER_FILE)}|{re.escape(MANIFEST_NAME)})"
     r"(?:\.tmp-[0-9a-f]{8})?"
 )
 
@@ -222,7 +222,11 @@ def _lists_only(root: str, names: set[str]) -> bool:
     that cannot be read)."""
     try:
         manifest = json.loads(storage.read_bytes(storage.join(root, MANIFEST_NAME)))
-        listed = [manifest["tokenizer"]["file"]]
+        tokenizer = manifest["tokenizer"]
+        listed = [
+            tokenizer["file"],
+            *([tokenizer["target_file"]] if "target_file" in tokenizer else []),
+        ]
         listed += [shard["path"] for shards in manifest["shards"].values() for shard in shards]
     except (ValueError, KeyError, TypeError, AttributeError):
         return False

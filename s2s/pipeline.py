@@ -70,8 +70,8 @@ class PipelineConfig:
         stages = {
             "prepare": self.prepare,
             "train": self.train,
-            "evaluate": dataclasses.replace(self.evaluate, model=self.train.output),
-            "translate": dataclasses.replace(self.translate, model=self.train.output),
+            "evaluate": dataclasses.replace(self.evaluate, checkpoint=self.train.output),
+            "translate": dataclasses.replace(self.translate, checkpoint=self.train.output),
         }
         for name, stage in stages.items():
             try:
@@ -127,10 +127,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if storage.exists(scores):
         report["evaluate"] = {"skipped": "scored earlier", **json.loads(storage.read_bytes(scores))}
     else:
-        cfg.evaluate.model = checkpoint
+        cfg.evaluate.checkpoint = checkpoint
         report["evaluate"] = evaluate(cfg.evaluate)
     log.info("evaluate: BLEU %s chrF %s", report["evaluate"]["bleu"], report["evaluate"]["chrf"])
 
-    cfg.translate.model = checkpoint
+    cfg.translate.checkpoint = checkpoint
     report["translate"] = translate(cfg.translate).summary
     return report

@@ -58,7 +58,14 @@ from s2s.manifest import (
 from s2s.poison import describe, isolate_rows
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
-from s2s.tokenizer import SPECIAL_IDS, TOKENIZER_FILE, Tokenizer, train_tokenizer
+from s2s.tokenizer import (
+    SPECIAL_IDS,
+    TARGET_TOKENIZER_FILE,
+    TOKENIZER_FILE,
+    Tokenizer,
+    TokenizerFiles,
+    train_tokenizer,
+)
 
 __all__ = ["prepare_corpus", "PrepareResult", "plan_inputs"]
 
@@ -108,9 +115,10 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
         [u for unit in units for u in unit.uris] + [cfg.output], cfg.shared_fs
     )
     _check_output(cfg)  # before the lease: an output that is not ours is refused untouched
-    proto = storage.read_bytes(cfg.tokenizer) if cfg.tokenizer else None
-    if proto is not None:
-        Tokenizer(proto, name=cfg.tokenizer)  # fail now on a bad or incompatible model
+    # A given tokenizer: a .model file, or a checkpoint's (both sides' models, if it has two).
+    tokenizers = TokenizerFiles.read(cfg.tokenizer) if cfg.tokenizer else None
+    if tokenizers is not None:
+        tokenizers.load(name=cfg.tokenizer)  # fail now on a bad or incompatible model
 
     with prepare_lease(cfg.output) as lease:
         # Again, now that no other prepare can change it: one may have finished it meanwhile.
@@ -121,29 +129,28 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
             )
         sketch = _scan(units, cfg, place) if _needs_scan(cfg, units) else None
         plan = _split_plan(cfg, sketch)
-        if proto is None:
+        if tokenizers is None:
             log.info(
                 "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
             )
-            proto = ray.get(
-                _train_remote.remote(
-                    sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
-                )
+            trained = _train_remote.remote(
+                sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
             )
+            tokenizers = TokenizerFiles(ray.get(trained))
         # Nothing was written so far: a failure up to here leaves the output as it was.
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         begin_prepare(cfg.output, {"by": lease.owner, "s2s": __version__, "started": started})
 
-        stats = _main_pass(units, cfg, plan, proto, _dedup_group_count(files, sketch), place)
+        stats = _main_pass(units, cfg, plan, tokenizers, _dedup_group_count(files, sketch), place)
         if stats.read == 0:
             raise ConfigError(f"the inputs hold no lines: {', '.join(u.name for u in units)}")
         if sum(stats.kept.values()) == 0:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(stats.dropped.items()))
             names = ", ".join(u.name for u in units)
             raise ConfigError(f"no pair of {names} survived the filters: {reasons}")
-        storage.write_bytes(storage.join(cfg.output, TOKENIZER_FILE), proto)
+        tokenizers.write(cfg.output)
         seconds = time.perf_counter() - start
-        manifest = _manifest(cfg, units, files, plan, sketch, Tokenizer(proto), stats, seconds)
+        manifest = _manifest(cfg, units, files, plan, sketch, tokenizers, stats, seconds)
         lease.check()  # a run that stalled past its lease leaves the output to the one that took it
         finish_prepare(cfg.output, manifest)
     return PrepareResult(cfg.output, manifest, seconds)
@@ -307,8 +314,8 @@ def _train_remote(sentences: list[str], vocab_size: int, model_type: str, covera
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(proto: bytes) -> Tokenizer:
-    return Tokenizer(proto)
+def _tokenizers(files: TokenizerFiles) -> tuple[Tokenizer, Tokenizer]:
+    return files.load()
 
 
 def _unprocessable(unit_names: list[str]):
@@ -329,11 +336,13 @@ def _clean_block(records: pa.Table, plan: SplitPlan, roles: list[str], unit_name
     )
 
 
-def _tokenize_and_write(records: pa.Table, proto: bytes, cfg: PrepareConfig, unit_names: list[str]):
-    tokenizer = _tokenizer(proto)
+def _tokenize_and_write(
+    records: pa.Table, tokenizers: TokenizerFiles, cfg: PrepareConfig, unit_names: list[str]
+):
+    source, target = _tokenizers(tokenizers)
     records = isolate_rows(
         lambda rows: tokenize_records(
-            rows, tokenizer, cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens
+            rows, source, cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens, target
         ),
         records,
         _unprocessable(unit_names),
@@ -360,7 +369,7 @@ def _main_pass(
     units: list[ReadUnit],
     cfg: PrepareConfig,
     plan: SplitPlan,
-    proto: bytes,
+    tokenizers: TokenizerFiles,
     groups: int,
     place: dict,
 ) -> PrepareStats:
@@ -388,7 +397,7 @@ def _main_pass(
         .map_groups(mark_duplicates, batch_format="pyarrow")
         .map_batches(
             _tokenize_and_write,
-            fn_kwargs={"proto": proto, "cfg": cfg, "unit_names": [u.name for u in units]},
+            fn_kwargs={"tokenizers": tokenizers, "cfg": cfg, "unit_names": [u.name for u in units]},
             batch_size=cfg.shard_rows,
             batch_format="pyarrow",
             **place,
@@ -406,22 +415,25 @@ def _manifest(
     files: list[storage.FileRef],
     plan: SplitPlan,
     sketch: CorpusSketch | None,
-    tokenizer: Tokenizer,
+    tokenizers: TokenizerFiles,
     stats: PrepareStats,
     seconds: float,
 ) -> dict:
+    tokenizer = {
+        "file": TOKENIZER_FILE,
+        "vocab_size": tokenizers.load()[0].vocab_size,
+        "type": cfg.tokenizer_type,
+        "source": cfg.tokenizer or f"trained on {len(sketch.sample_src)} sampled pairs",
+    }
+    if tokenizers.target is not None:  # the target side segments with its own model
+        tokenizer["target_file"] = TARGET_TOKENIZER_FILE
     kept = sum(stats.kept.values())
     shards = {split: [s for s in stats.shards if s["split"] == split] for split in stats.kept}
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"s2s {__version__}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tokenizer": {
-            "file": TOKENIZER_FILE,
-            "vocab_size": tokenizer.vocab_size,
-            "type": cfg.tokenizer_type,
-            "source": cfg.tokenizer or f"trained on {len(sketch.sample_src)} sampled pairs",
-        },
+        "tokenizer": tokenizer,
         "special_ids": SPECIAL_IDS,
         "counts": stats.counts(),
         "dropped_samples": stats.samples,

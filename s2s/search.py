@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from s2s.models import Seq2Seq
+from s2s.models import DecoderState, Seq2Seq
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["greedy_search", "beam_search", "Hypothesis", "length_penalty"]
@@ -52,9 +52,7 @@ def greedy_search(
     out = []
     # Rows that ended stay in the batch until all have: no state reordering, pad tokens out.
     for step in range(int(limit.max())):
-        log_probs, state = model.decode_step(prev, state)  # (B, V)
-        if step < min_len:
-            log_probs[:, EOS_ID] = float("-inf")
+        log_probs, state = _decode_step(model, prev, state, eos_allowed=step >= min_len)  # (B, V)
         prev = log_probs.argmax(dim=-1)  # (B,)
         prev = torch.where(finished, torch.full_like(prev, PAD_ID), prev)
         out.append(prev)
@@ -63,6 +61,19 @@ def greedy_search(
             break
     rows = torch.stack(out, dim=1).tolist()  # (B, steps)
     return [_until_eos(row) for row in rows]
+
+
+def _decode_step(
+    model: Seq2Seq, prev: Tensor, state: DecoderState, eos_allowed: bool
+) -> tuple[Tensor, DecoderState]:
+    """``model.decode_step`` with the tokens no output may hold ruled out: pad and bos (as
+    Hugging Face's bad_words_ids does; a model imported from Marian, whose decoder starts from
+    its pad token, gives both real probability), and eos before ``min_len``."""
+    log_probs, state = model.decode_step(prev, state)  # (rows, V)
+    log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    if not eos_allowed:
+        log_probs[:, EOS_ID] = float("-inf")
+    return log_probs, state
 
 
 def _limits(src: Tensor, a: float, b: int, cap: int | None) -> Tensor:
@@ -149,9 +160,7 @@ def beam_search(
     # Live blocks are renumbered 0..A-1 after each step, so blocks[:A] stays right.
     blocks = torch.arange(batch, device=device)[:, None] * k  # (B, 1) first row of each block
     for step in range(int(limits.max())):
-        log_probs, state = model.decode_step(prev, state)  # (A*k, V)
-        if step < min_len:
-            log_probs[:, EOS_ID] = float("-inf")
+        log_probs, state = _decode_step(model, prev, state, eos_allowed=step >= min_len)
         live, vocab = active.numel(), log_probs.shape[-1]
         # All k*V extensions of a source's prefixes compete: (A, k, 1) + (A, k, V) -> (A, k*V).
         candidates = (scores.unsqueeze(-1) + log_probs.view(live, k, vocab)).view(live, -1)

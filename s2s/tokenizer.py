@@ -11,15 +11,18 @@ import io
 import itertools
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import sentencepiece as spm
 
+from s2s import storage
 from s2s.config import ConfigError
 
 __all__ = [
     "TOKENIZER_FILE",
+    "TARGET_TOKENIZER_FILE",
     "PAD_ID",
     "UNK_ID",
     "BOS_ID",
@@ -27,11 +30,16 @@ __all__ = [
     "SPECIAL_IDS",
     "train_tokenizer",
     "Tokenizer",
+    "TokenizerFiles",
 ]
 
 # The file name of a SentencePiece model wherever s2s stores one (a prepared corpus, a checkpoint,
 # a CTranslate2 export): part of their contracts (shared/DESIGN.md).
 TOKENIZER_FILE = "tokenizer.model"
+# Where the target side segments differently (models imported from Marian, which has one
+# SentencePiece model per language over one shared vocabulary): the target side's model, next to
+# TOKENIZER_FILE, which then serves the source side. Absent, one model serves both.
+TARGET_TOKENIZER_FILE = "target_tokenizer.model"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 
@@ -140,3 +148,61 @@ class Tokenizer:
         np.cumsum(lengths, out=offsets[1:])
         flat = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, count=int(offsets[-1]))
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), lengths
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """The SentencePiece model(s) a corpus or checkpoint is tokenized with, as bytes.
+
+    ``source`` segments sources, and targets too unless there is a ``target`` model: a model
+    imported from Marian has one SentencePiece model per language over one shared vocabulary
+    (ids mean the same on both sides; only the segmentation differs).
+    """
+
+    source: bytes
+    target: bytes | None = None
+
+    @classmethod
+    def read(cls, uri: str) -> TokenizerFiles:
+        """A SentencePiece ``.model`` file, or a directory holding TOKENIZER_FILE (and perhaps
+        TARGET_TOKENIZER_FILE): a checkpoint, a prepared corpus, an `s2s import`.
+
+        Raises:
+            ConfigError: if neither is there.
+        """
+        if storage.exists(storage.join(uri, TOKENIZER_FILE)):
+            target = storage.join(uri, TARGET_TOKENIZER_FILE)
+            return cls(
+                storage.read_bytes(storage.join(uri, TOKENIZER_FILE)),
+                storage.read_bytes(target) if storage.exists(target) else None,
+            )
+        if not storage.exists(uri):
+            raise ConfigError(
+                f"{uri}: no tokenizer there (a SentencePiece .model file, or a directory "
+                f"holding {TOKENIZER_FILE})"
+            )
+        return cls(storage.read_bytes(uri))
+
+    def write(self, directory: str) -> None:
+        """Write the model(s) into ``directory`` under their contract names."""
+        storage.write_bytes(storage.join(directory, TOKENIZER_FILE), self.source)
+        if self.target is not None:
+            storage.write_bytes(storage.join(directory, TARGET_TOKENIZER_FILE), self.target)
+
+    def load(self, name: str = "tokenizer") -> tuple[Tokenizer, Tokenizer]:
+        """(source, target) tokenizers; the same object twice without a target model.
+
+        Raises:
+            ConfigError: a model that is not SentencePiece, has other special ids, or whose
+                vocabulary size differs from the other side's.
+        """
+        source = Tokenizer(self.source, name=name)
+        if self.target is None:
+            return source, source
+        target = Tokenizer(self.target, name=f"{name} (target side)")
+        if target.vocab_size != source.vocab_size:
+            raise ConfigError(
+                f"{name}: the source tokenizer has {source.vocab_size} pieces, the target's "
+                f"{target.vocab_size}; both sides share one vocabulary"
+            )
+        return source, target

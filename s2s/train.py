@@ -40,11 +40,13 @@ from s2s.batching import collate, prefetch, to_device
 from s2s.checkpoint import (
     TrainerState,
     list_checkpoints,
+    load_weights,
+    read_model_config,
     restore_training,
     save_checkpoint,
     validate_checkpoint,
 )
-from s2s.config import ConfigError, TrainConfig
+from s2s.config import ConfigError, ModelConfig, TrainConfig
 from s2s.device import autocast, enable_tf32, resolve_precision
 from s2s.manifest import read_manifest
 from s2s.models import build_model
@@ -54,7 +56,7 @@ from s2s.sampler import DataDigest, EpochPlan, steps
 from s2s.scoring import score
 from s2s.search import greedy_search
 from s2s.shards import read_shard
-from s2s.tokenizer import Tokenizer
+from s2s.tokenizer import TokenizerFiles
 
 __all__ = ["train", "TrainResult"]
 
@@ -84,8 +86,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg, data=storage.absolute(cfg.data), output=storage.absolute(cfg.output)
     )
     manifest = read_manifest(cfg.data)
-    proto = storage.read_bytes(storage.join(cfg.data, manifest["tokenizer"]["file"]))
-    cfg.model.vocab_size = Tokenizer(proto).vocab_size
+    tokenizers = TokenizerFiles.read(cfg.data)
+    cfg.model.vocab_size = tokenizers.load(name=cfg.data)[0].vocab_size
+    if cfg.init_from:
+        cfg.model = _init_model(cfg, tokenizers)
     if not manifest["shards"].get("train"):
         raise ConfigError(f"{cfg.data} has no training shards")
     cluster.connect()
@@ -103,7 +107,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cluster.wait_for_capacity(
         per_worker, min_workers, f"train with {min_workers} worker(s)", cfg.wait_for_workers_s
     )
-    trainer = _trainer(cfg, manifest, proto, place.get("label_selector"))
+    trainer = _trainer(cfg, manifest, tokenizers, place.get("label_selector"))
     metrics_uri, curves_uri = (storage.join(cfg.output, n) for n in (METRICS_NAME, CURVES_NAME))
     # Said up front: metrics.jsonl is rewritten at each checkpoint, so a run can be followed.
     log.info("metrics: %s (each checkpoint), curves: %s (at the end)", metrics_uri, curves_uri)
@@ -119,7 +123,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _trainer(
-    cfg: TrainConfig, manifest: dict, proto: bytes, label_selector: dict[str, str] | None
+    cfg: TrainConfig,
+    manifest: dict,
+    tokenizers: TokenizerFiles,
+    label_selector: dict[str, str] | None,
 ) -> ray.train.torch.TorchTrainer:
     """The run's TorchTrainer, in Ray's documented shape; what every worker receives goes in
     ``train_loop_config`` (read back in :func:`_train_worker`)."""
@@ -142,7 +149,7 @@ def _trainer(
     )
     loop_config = {
         "cfg": cfg,
-        "proto": proto,
+        "tokenizers": tokenizers,
         "valid": _valid_subset(cfg, manifest),
         "shards": manifest["shards"]["train"],
     }
@@ -194,7 +201,7 @@ def _train_worker(config: dict) -> None:
         rank=rank,
         world=world,
         device=device,
-        proto=config["proto"],
+        tokenizers=config["tokenizers"],
         valid=config["valid"],
     )
     _Loop(cfg, setup).run(plan)
@@ -217,7 +224,27 @@ def build_training(
     if checkpoint is not None:
         state = restore_training(checkpoint, model, optimizer)
         state.resumed_from.append(state.step)
+    elif cfg.init_from:  # fine-tuning: the weights only; step 0 and a fresh optimizer
+        load_weights(cfg.init_from, model)
     return model, optimizer, state
+
+
+def _init_model(cfg: TrainConfig, tokenizers: TokenizerFiles) -> ModelConfig:
+    """The architecture of ``cfg.init_from`` (checked whole), after checking the corpus was
+    tokenized with that checkpoint's tokenizer: other ids would mean other words.
+
+    Raises:
+        ConfigError: a damaged checkpoint, or a corpus prepared with another tokenizer.
+    """
+    validate_checkpoint(cfg.init_from)
+    if TokenizerFiles.read(cfg.init_from) != tokenizers:
+        raise ConfigError(
+            f"{cfg.data} was prepared with another tokenizer than {cfg.init_from}'s: prepare it "
+            f"with `s2s prepare --tokenizer {cfg.init_from}`"
+        )
+    model = read_model_config(cfg.init_from)
+    log.info("fine-tuning %s: its architecture replaces preset/model", cfg.init_from)
+    return model
 
 
 def _node_cores(workers_on_node: int) -> int:
@@ -248,7 +275,7 @@ class _Setup:
     rank: int
     world: int  # workers in this session of the run (an elastic run's may change on restart)
     device: torch.device
-    proto: bytes  # the SentencePiece model, decoded by evaluation and saved in checkpoints
+    tokenizers: TokenizerFiles  # the corpus', saved in checkpoints
     valid: list[tuple[list[int], list[int], str]]  # (source ids, target ids, reference text)
 
 
@@ -272,8 +299,8 @@ class _Loop:
     """One worker's training loop; rank 0 logs, evaluates and writes checkpoints."""
 
     def __init__(self, cfg: TrainConfig, setup: _Setup) -> None:
-        self.cfg, self.proto, self.valid = cfg, setup.proto, setup.valid
-        self.tokenizer = Tokenizer(self.proto)  # decodes validation outputs
+        self.cfg, self.tokenizers, self.valid = cfg, setup.tokenizers, setup.valid
+        self.tokenizer = setup.tokenizers.load()[1]  # the target side's: decodes validation outputs
         self.model, self.ddp, self.optimizer = setup.model, setup.ddp, setup.optimizer
         self.rank, self.world, self.device = setup.rank, setup.world, setup.device
         self.state = state = setup.state
@@ -500,7 +527,7 @@ class _Loop:
         optimizer_state = {"optimizer": self.optimizer.state_dict()}
         # Ray Train uploads the directory (and, async, deletes it after) while training goes on.
         directory = tempfile.mkdtemp(prefix="s2s-checkpoint-")
-        save_checkpoint(directory, self.model, self.cfg.model, self.proto, state, optimizer_state)
+        self._save(directory, state, optimizer_state)
         upload = self.cfg.checkpoint_upload
         ray.train.report(
             metrics,
@@ -511,8 +538,20 @@ class _Loop:
         if "bleu" in metrics and state.bad_evals == 0:
             # The best by BLEU is kept apart from Ray's last-K rotation (weights and state only).
             best = storage.join(self.cfg.output, BEST_NAME)
-            save_checkpoint(best, self.model, self.cfg.model, self.proto, state)
+            self._save(best, state)
         write_metrics(self.cfg.output, self.metrics)
+
+    def _save(self, directory: str, state: TrainerState, optimizer_state: dict | None = None):
+        files = self.tokenizers
+        save_checkpoint(
+            directory,
+            self.model,
+            self.cfg.model,
+            files.source,
+            state,
+            optimizer_state,
+            files.target,
+        )
 
     def _replicas_in_sync(self) -> bool:
         """All ranks hold the same parameters (what DDP promises); checked at every report."""

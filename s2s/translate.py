@@ -94,13 +94,13 @@ def translate(cfg: TranslateConfig) -> TranslateResult:
         cfg,
         input=storage.absolute(cfg.input),
         output=storage.absolute(cfg.output),
-        model=storage.absolute(cfg.model),
+        checkpoint=storage.absolute(cfg.checkpoint),
     )
     started = time.time()
     files = storage.check_inputs([cfg.input])  # one listing
     # Connects to Ray only for local paths (S3 alone: a rerun with nothing to do starts no Ray).
     # Local paths on one node: actors and finishing tasks stay there.
-    place = cluster.check_local_paths([cfg.input, cfg.output, cfg.model], cfg.shared_fs)
+    place = cluster.check_local_paths([cfg.input, cfg.output, cfg.checkpoint], cfg.shared_fs)
     storage.check_output(cfg.output)
     model_id = engine_model_id(cfg)
     inputs = plan_outputs(files, cfg.input, cfg.output, cfg.input_format, cfg.format)

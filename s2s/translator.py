@@ -144,7 +144,7 @@ class Translator:
 
     Attributes:
         engine: the :class:`~s2s.engines.Engine` that decodes each batch.
-        tokenizer, model_id, device, precision, max_len_cap: the engine's.
+        tokenizer, target_tokenizer, model_id, device, precision, max_len_cap: the engine's.
         max_input_tokens: longer sentences are cut into parts of this many tokens (the
             setting, lowered to what the model's positions allow).
         max_tokens, max_sentences: the batch budgets now; lowered for good when a batch runs
@@ -165,6 +165,7 @@ class Translator:
         self.cfg = cfg
         self.engine = load_engine(cfg, device, gpu_share)
         self.tokenizer, self.model_id = self.engine.tokenizer, self.engine.model_id
+        self.target_tokenizer = self.engine.target_tokenizer
         self.device, self.precision = self.engine.device, self.engine.precision
         self.max_tokens, self.max_sentences = batch_limits(
             cfg, self.device, self.engine.memory_left
@@ -211,7 +212,7 @@ class Translator:
             if error:
                 result.error = error
             elif unit:
-                texts[i].append(self.tokenizer.decode([out_ids])[0])
+                texts[i].append(self.target_tokenizer.decode([out_ids])[0])
                 result.tgt_tokens += len(out_ids)
         for result, parts in zip(results, texts):
             result.translation = None if result.error else " ".join(parts)

@@ -123,9 +123,8 @@ class PieceTranslator:
         # A fraction of a GPU (several actors on one): torch's allocator is capped at it.
         translator = Translator(self.cfg, gpu_share=self.cfg.gpus_per_actor)
         if translator.model_id != model_id:
-            raise RuntimeError(
-                f"{self.cfg.model} changed during the run ({model_id} -> {translator.model_id})"
-            )
+            changed = f"{model_id} -> {translator.model_id}"
+            raise RuntimeError(f"{self.cfg.checkpoint} changed during the run ({changed})")
         return translator
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -5,12 +5,17 @@ import shlex
 
 import pytest
 
-from s2s.cli import _config_from_args, _train_config_from_args, build_parser, main
-from s2s.config import PrepareConfig
+from s2s.cli import _config_from_args, _renamed_flags, _train_config_from_args, build_parser, main
+from s2s.config import EvaluateConfig, PrepareConfig, TranslateConfig
 
 
 def parse(argv):
     return _config_from_args(PrepareConfig, build_parser().parse_args(argv))
+
+
+def parsed(argv):
+    """The arguments as a command sees them: renamed flags already under their new names."""
+    return _renamed_flags(build_parser().parse_args(argv))
 
 
 def test_flags_yaml_and_overrides(tmp_path):
@@ -46,7 +51,7 @@ def test_unknown_choice_is_rejected_by_name():
 
 def test_train_flags_preset_and_model_overrides(tmp_path):
     argv = shlex.split(
-        "train --data d --output o --model rnn-small --workers 2 --max-time 20 --gpu "
+        "train --data d --output o --preset rnn-small --workers 2 --max-time 20 --gpu "
         "model.hidden_dim=128 lr=5e-4"
     )
     args = build_parser().parse_args(argv)
@@ -88,7 +93,7 @@ def test_pipeline_flags_reach_the_stages(tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text("docs: from-file\ntrain: {lr: 0.002, max_steps: 7}\nevaluate: {beam: 2}\n")
     argv = shlex.split(
-        "pipeline --corpus a.tsv --corpus b.tsv --output o --model rnn-small --max-steps 5 "
+        "pipeline --corpus a.tsv --corpus b.tsv --output o --preset rnn-small --max-steps 5 "
         "--max-time 9 --workers 1-2 --gpu train.model.hidden_dim=64 translate.beam=1"
     )
     cfg = _pipeline_config_from_args(build_parser().parse_args([*argv, "--config", str(config)]))
@@ -124,3 +129,78 @@ def test_pipeline_summary_ends_with_where_things_are_and_failures():
     ]
     stages = {k: v for k, v in report.items() if k != "translate"}
     assert json.loads("\n".join(lines[:-5])) == stages  # what each stage did, first
+
+
+# -- renamed flags: --model of train and pipeline is now --preset, of translate, evaluate and
+# export --checkpoint; the old name still works for one release, with a one-line warning
+
+
+def test_train_takes_preset_and_still_model_with_a_warning(capsys):
+    base = ["train", "--data", "d", "--output", "o"]
+    cfg = _train_config_from_args(parsed([*base, "--preset", "gru-luong"]))
+    assert (cfg.preset, cfg.model.cell) == ("gru-luong", "gru")
+    assert capsys.readouterr().err == ""
+    cfg = _train_config_from_args(parsed([*base, "--model", "gru-luong"]))
+    assert (cfg.preset, cfg.model.cell) == ("gru-luong", "gru")  # the same effect
+    assert capsys.readouterr().err == "s2s: warning: --model is deprecated; use --preset\n"
+
+
+def test_pipeline_takes_preset_and_still_model_with_a_warning(capsys):
+    from s2s.cli import _pipeline_config_from_args
+
+    for flag, warning in [("--preset", ""), ("--model", "--model is deprecated; use --preset")]:
+        cfg = _pipeline_config_from_args(parsed(["pipeline", "--output", "o", flag, "rnn-small"]))
+        assert (cfg.train.preset, cfg.train.model.family) == ("rnn-small", "rnn")
+        assert capsys.readouterr().err == (f"s2s: warning: {warning}\n" if warning else "")
+
+
+@pytest.mark.parametrize(
+    "command, cls", [("translate", TranslateConfig), ("evaluate", EvaluateConfig)]
+)
+def test_decoding_takes_checkpoint_and_still_model_with_a_warning(capsys, command, cls):
+    cfg = _config_from_args(cls, parsed([command, "--checkpoint", "runs/r1/best", "beam=2"]))
+    assert (cfg.checkpoint, cfg.beam) == ("runs/r1/best", 2)
+    assert capsys.readouterr().err == ""
+    cfg = _config_from_args(cls, parsed([command, "--model", "runs/r1/best", "beam=2"]))
+    assert (cfg.checkpoint, cfg.beam) == ("runs/r1/best", 2)
+    assert capsys.readouterr().err == "s2s: warning: --model is deprecated; use --checkpoint\n"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    shown = capsys.readouterr().out
+    assert "--checkpoint" in shown and "--model" not in shown  # the old name: a hidden alias
+
+
+def test_export_takes_checkpoint_and_still_model_with_a_warning(tmp_path, capsys):
+    out = str(tmp_path / "ct2")
+    assert main(["export", "--output", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "s2s: error: export needs --checkpoint URI (a checkpoint directory)"
+    # A checkpoint that is not there: refused in one line, after the warning.
+    assert main(["export", "--model", str(tmp_path / "none"), "--output", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "s2s: warning: --model is deprecated; use --checkpoint"
+    assert len(err) == 2 and err[1].startswith("s2s: error: "), err
+
+
+def test_a_decode_config_without_checkpoint_names_the_flag(capsys):
+    assert main(["translate", "--input", "i", "--output", "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "s2s: error: needs --checkpoint URI (a checkpoint directory)"
+
+
+@pytest.mark.parametrize(
+    "argv, old, new",
+    [
+        ("train --data d --output o --model rnn-small --preset gru-luong", "--model", "--preset"),
+        ("pipeline --output o --preset rnn-small --model gru-luong", "--model", "--preset"),
+        ("translate --input i --output o --model a --checkpoint b", "--model", "--checkpoint"),
+        ("evaluate --data d --checkpoint b --model a", "--model", "--checkpoint"),
+        ("export --output o --model a --checkpoint b", "--model", "--checkpoint"),
+    ],
+)
+def test_an_old_flag_and_its_new_name_together_are_refused(capsys, argv, old, new):
+    assert main(shlex.split(argv)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"s2s: error: {old} and {new} both given: {old} is the deprecated name of {new}; "
+        f"give only {new}"
+    )

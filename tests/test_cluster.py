@@ -138,7 +138,7 @@ def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     refused_job = [
         str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--",
-        "python", "jobs/translate.py", "--model", f"{bucket}/no-model", "--input",
+        "python", "jobs/translate.py", "--checkpoint", f"{bucket}/no-model", "--input",
         f"{bucket}/inbox", "--output", f"{bucket}/out2",
     ]  # fmt: skip
     job = subprocess.run(refused_job, env=env, capture_output=True, text=True, timeout=300)
@@ -152,7 +152,7 @@ def test_pipeline_job_on_a_started_head(head, bucket, gettext_pairs):
     via_wrapper = [
         str(BIN / "python"), str(REPO / "cluster" / "submit.py"), "--address", address,
         "--group", "nightly", "--poll", "1", "--", str(BIN / "python"),
-        str(REPO / "jobs" / "translate.py"), "--model", f"{bucket}/no-model",
+        str(REPO / "jobs" / "translate.py"), "--checkpoint", f"{bucket}/no-model",
         "--input", f"{bucket}/inbox", "--output", f"{bucket}/out3",
     ]  # fmt: skip
     job = subprocess.run(via_wrapper, env=env, capture_output=True, text=True, timeout=300)

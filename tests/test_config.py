@@ -149,9 +149,9 @@ VALID = {
     PrepareConfig: lambda: PrepareConfig(inputs=["a.tsv"], output="out"),
     ModelConfig: ModelConfig,
     TrainConfig: lambda: TrainConfig(data="corpus", output="run", max_steps=10),
-    DecodeConfig: lambda: DecodeConfig(model="ckpt"),
-    TranslateConfig: lambda: TranslateConfig(model="ckpt", input="docs", output="out"),
-    EvaluateConfig: lambda: EvaluateConfig(model="ckpt", data="corpus"),
+    DecodeConfig: lambda: DecodeConfig(checkpoint="ckpt"),
+    TranslateConfig: lambda: TranslateConfig(checkpoint="ckpt", input="docs", output="out"),
+    EvaluateConfig: lambda: EvaluateConfig(checkpoint="ckpt", data="corpus"),
 }
 NUMERIC = [
     (cls, f.name)
@@ -236,14 +236,14 @@ def test_defaults_and_shipped_settings_pass():
         model_preset(name)
     # The smallest values tests and jobs use.
     TranslateConfig(
-        model="m", input="i", output="o", piece_mb=0.0002, lease_ttl_s=6, cpus_per_actor=0.5
+        checkpoint="m", input="i", output="o", piece_mb=0.0002, lease_ttl_s=6, cpus_per_actor=0.5
     ).validate()
     TrainConfig(data="d", output="o", max_steps=1, resize_interval_s=2.0).validate()
 
 
 def test_override_out_of_bounds_names_the_key():
     cfg = load_config(
-        TranslateConfig, None, ["piece_mb=0"], {"model": "m", "input": "i", "output": "o"}
+        TranslateConfig, None, ["piece_mb=0"], {"checkpoint": "m", "input": "i", "output": "o"}
     )
     with pytest.raises(ConfigError, match=r"piece_mb must be a number >= 0.0001, got 0.0"):
         cfg.validate()
@@ -281,3 +281,65 @@ def test_pipeline_sections_load_as_the_stages_do(tmp_path):
     assert cfg.train.output == str(tmp_path / "runs" / "rnn-small")  # named after the model built
     with pytest.raises(ConfigError, match="unknown config key 'train.model.hiden_dim'"):
         load_config(PipelineConfig, None, ["train.model.hiden_dim=3"], settings)
+
+
+# -- a decode config's `model` (the checkpoint URI) is now `checkpoint`; `model` means the
+# architecture only (TrainConfig.model). The old key still works for one release, with a warning.
+
+
+@pytest.mark.parametrize("cls", [DecodeConfig, TranslateConfig, EvaluateConfig])
+def test_decode_configs_take_checkpoint(tmp_path, capsys, cls):
+    path = tmp_path / "new.yaml"
+    path.write_text("checkpoint: runs/r1/best\nbeam: 2\n")
+    cfg = load_config(cls, str(path))
+    assert (cfg.checkpoint, cfg.beam) == ("runs/r1/best", 2)
+    assert load_config(cls, None, ["checkpoint=s3://m/best"]).checkpoint == "s3://m/best"
+    assert capsys.readouterr().err == ""
+    assert "model" not in {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", [DecodeConfig, TranslateConfig, EvaluateConfig])
+def test_old_model_key_is_read_as_checkpoint_with_a_warning(tmp_path, capsys, cls):
+    warning = "s2s: warning: config key 'model' is deprecated; use 'checkpoint'\n"
+    path = tmp_path / "old.yaml"
+    path.write_text("model: runs/r1/best\nbeam: 2\n")
+    cfg = load_config(cls, str(path))
+    assert (cfg.checkpoint, cfg.beam) == ("runs/r1/best", 2)
+    assert capsys.readouterr().err == warning
+    assert load_config(cls, None, ["model=s3://m/best"]).checkpoint == "s3://m/best"
+    assert capsys.readouterr().err == warning
+    assert load_config(cls, None, [], {"model": "flagged"}).checkpoint == "flagged"
+    assert capsys.readouterr().err == warning
+
+
+def test_old_and_new_key_together_are_refused(tmp_path):
+    both = "config keys 'model' and 'checkpoint' both given: 'model' is the deprecated name of"
+    path = tmp_path / "old.yaml"
+    path.write_text("model: a\n")
+    with pytest.raises(ConfigError, match=both):
+        load_config(TranslateConfig, str(path), ["checkpoint=b"])
+    with pytest.raises(ConfigError, match=both):
+        load_config(EvaluateConfig, None, ["model=a", "checkpoint=b"])
+
+
+def test_pipeline_sections_read_the_old_key_too(capsys):
+    from s2s.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, None, ["evaluate.model=e", "translate.checkpoint=t"])
+    assert (cfg.evaluate.checkpoint, cfg.translate.checkpoint) == ("e", "t")
+    assert capsys.readouterr().err == (
+        "s2s: warning: config key 'evaluate.model' is deprecated; use 'evaluate.checkpoint'\n"
+    )
+    with pytest.raises(ConfigError, match="'translate.model' and 'translate.checkpoint' both"):
+        load_config(PipelineConfig, None, ["translate.model=a", "translate.checkpoint=b"])
+
+
+def test_train_model_is_still_the_architecture(capsys):
+    cfg = load_config(TrainConfig, None, ["preset=rnn-small", "model.hidden_dim=64"])
+    assert (cfg.model.family, cfg.model.hidden_dim) == ("rnn", 64)
+    assert capsys.readouterr().err == ""  # nothing deprecated here
+
+
+def test_a_decode_config_without_checkpoint_names_the_flag():
+    with pytest.raises(ConfigError, match=r"^needs --checkpoint URI \(a checkpoint directory\)$"):
+        TranslateConfig(input="i", output="o").validate()

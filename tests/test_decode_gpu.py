@@ -24,7 +24,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 @pytest.fixture(scope="module")
 def beam2(toy_checkpoint) -> DecodeConfig:
     """Batches of ~20 short sentences: a few per call, so later batches exist."""
-    return DecodeConfig(model=toy_checkpoint, beam=2, max_tokens=600)
+    return DecodeConfig(checkpoint=toy_checkpoint, beam=2, max_tokens=600)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,13 @@ def spy(translator: Translator, fail=None) -> list[tuple[int, int, bool]]:
 def test_auto_budgets_on_a_cpu_are_the_old_settings_and_cut_the_same_batches(
     toy_checkpoint, gettext_pairs
 ):
-    assert batch_limits(DecodeConfig(model="m"), CPU) == CPU_BATCH_LIMITS == (4000, 128)
+    assert batch_limits(DecodeConfig(checkpoint="m"), CPU) == CPU_BATCH_LIMITS == (4000, 128)
     texts = [s for s, _ in gettext_pairs[5000:5600]]  # short and long ones
     for beam in (1, 4):
-        auto = Translator(DecodeConfig(model=toy_checkpoint, beam=beam))
+        auto = Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=beam))
         assert (auto.max_tokens, auto.max_sentences) == (4000, 128)
         old = Translator(
-            DecodeConfig(model=toy_checkpoint, beam=beam, max_tokens=4000, max_sentences=128)
+            DecodeConfig(checkpoint=toy_checkpoint, beam=beam, max_tokens=4000, max_sentences=128)
         )
         shapes = []
         for translator in (auto, old):
@@ -94,12 +94,13 @@ def test_gpu_budgets_grow_with_free_memory_within_bounds():
 
 
 def test_explicit_budgets_win_on_any_device():
-    cfg = DecodeConfig(model="m", max_tokens=6000, max_sentences=50)
+    cfg = DecodeConfig(checkpoint="m", max_tokens=6000, max_sentences=50)
     assert batch_limits(cfg, CUDA, 80 * GiB) == batch_limits(cfg, CPU) == (6000, 50)
-    half = DecodeConfig(model="m", max_tokens=6000)  # the other one auto
+    half = DecodeConfig(checkpoint="m", max_tokens=6000)  # the other one auto
     assert batch_limits(half, CUDA, 8 * GiB) == (6000, 1024)
     assert batch_limits(half, CPU) == (6000, 128)
-    DecodeConfig(model="m", max_tokens=0, max_sentences=0).validate()  # 0 is auto, not an error
+    # 0 is auto, not an error
+    DecodeConfig(checkpoint="m", max_tokens=0, max_sentences=0).validate()
 
 
 def test_gpu_memory_left_is_the_free_memory_within_the_actors_share(monkeypatch):
@@ -228,13 +229,13 @@ def test_the_translator_caps_its_share_before_loading(toy_checkpoint, monkeypatc
     monkeypatch.setattr(
         engine, "load_checkpoint", lambda *a: order.append(("load",)) or real_load(*a)
     )
-    Translator(DecodeConfig(model=toy_checkpoint, beam=1), gpu_share=0.5)
+    Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=1), gpu_share=0.5)
     assert order == [("cap", 0.5), ("load",)]
 
 
 @pytest.mark.parametrize("compute_type", GPU_COMPUTE_TYPES)
 def test_gpu_compute_types_need_use_gpu(compute_type):
-    cfg = TranslateConfig(model="m", input="i", output="o", compute_type=compute_type)
+    cfg = TranslateConfig(checkpoint="m", input="i", output="o", compute_type=compute_type)
     with pytest.raises(ConfigError, match=f"^compute_type={compute_type} runs on a GPU only"):
         cfg.validate()
     cfg.use_gpu = True
@@ -247,7 +248,7 @@ def test_compute_types_match_what_ctranslate2_computes_on_a_cpu():
     assert not on_cpu & set(GPU_COMPUTE_TYPES)  # refused without use_gpu: CTranslate2 agrees
     for compute_type in ("float32", "int8", "int8_float32"):  # the ones the message offers
         assert compute_type in on_cpu
-        DecodeConfig(model="m", engine="ctranslate2", compute_type=compute_type).validate()
+        DecodeConfig(checkpoint="m", engine="ctranslate2", compute_type=compute_type).validate()
 
 
 @pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
@@ -259,16 +260,16 @@ def test_use_gpu_without_a_visible_gpu_is_one_line(toy_checkpoint, engine, monke
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(ConfigError) as raised:
-        Translator(DecodeConfig(model=toy_checkpoint, use_gpu=True, engine=engine))
+        Translator(DecodeConfig(checkpoint=toy_checkpoint, use_gpu=True, engine=engine))
     message = str(raised.value)
     assert message == "use_gpu=true but this process sees no CUDA device (CUDA_VISIBLE_DEVICES=)"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ConfigError, match=r"\(CUDA_VISIBLE_DEVICES=<unset>\)$"):
-        Translator(DecodeConfig(model=toy_checkpoint, use_gpu=True, engine=engine))
+        Translator(DecodeConfig(checkpoint=toy_checkpoint, use_gpu=True, engine=engine))
 
 
 def test_auto_precision_decodes_in_fp32_on_a_cpu_even_with_native_bf16(toy_checkpoint, monkeypatch):
     monkeypatch.setattr(s2s_device, "native_bf16", lambda device: True)  # an AMX CPU, say
-    assert Translator(DecodeConfig(model=toy_checkpoint, beam=1)).precision == "fp32"
-    explicit = Translator(DecodeConfig(model=toy_checkpoint, beam=1, precision="bf16"))
+    assert Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=1)).precision == "fp32"
+    explicit = Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=1, precision="bf16"))
     assert explicit.precision == "bf16"

@@ -35,14 +35,14 @@ def test_score_is_sacrebleus_corpus_bleu_and_chrf_with_signatures():
 def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path):
     sources = [s for s, _ in pairs]
     sources[0] = "The file is open. Close it first."  # two sentences: translated as two
-    translator = Translator(EvaluateConfig(model=toy_checkpoint, beam=4))
+    translator = Translator(EvaluateConfig(checkpoint=toy_checkpoint, beam=4))
     documents = translator.translate_documents(sources)
     outputs = [r.translation for r in documents]
     assert documents[0].n_segments == 2
     real = tmp_path / "real.tsv"
     real.write_text("".join(f"{s}\t{t}\n" for s, (_, t) in zip(sources, pairs)))
     report = evaluate(
-        EvaluateConfig(model=toy_checkpoint, data=str(real), output=str(tmp_path / "e"))
+        EvaluateConfig(checkpoint=toy_checkpoint, data=str(real), output=str(tmp_path / "e"))
     )
     refs = [t for _, t in pairs]
     assert report["bleu"] == round(sacrebleu.corpus_bleu(outputs, [refs]).score, 2)
@@ -55,7 +55,7 @@ def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path
     # References that are the model's own outputs score 100: nothing is lost between the two.
     own = tmp_path / "own.tsv"
     own.write_text("".join(f"{s}\t{o}\n" for s, o in zip(sources, outputs)))
-    assert evaluate(EvaluateConfig(model=toy_checkpoint, data=str(own)))["bleu"] == 100.0
+    assert evaluate(EvaluateConfig(checkpoint=toy_checkpoint, data=str(own)))["bleu"] == 100.0
 
 
 def test_evaluate_a_prepared_split_from_the_command_line(
@@ -68,7 +68,7 @@ def test_evaluate_a_prepared_split_from_the_command_line(
         PrepareConfig(inputs=[str(raw)], output=corpus, vocab_size=600, valid_size=50, test_size=40)
     )
     code = main(
-        ["evaluate", "--model", toy_checkpoint, "--data", corpus, "--beam", "1", "limit=30"]
+        ["evaluate", "--checkpoint", toy_checkpoint, "--data", corpus, "--beam", "1", "limit=30"]
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["sentences"] == 30 and report["split"] == "test"
@@ -81,16 +81,18 @@ def test_evaluate_a_prepared_split_from_the_command_line(
     ]
     sources = [src for table in test for src in table["src"].to_pylist()][:30]
     refs = [tgt for table in test for tgt in table["tgt"].to_pylist()][:30]
-    translator = Translator(EvaluateConfig(model=toy_checkpoint, beam=1))
+    translator = Translator(EvaluateConfig(checkpoint=toy_checkpoint, beam=1))
     outputs = [r.translation for r in translator.translate_documents(sources)]
     assert report["bleu"] == round(sacrebleu.corpus_bleu(outputs, [refs]).score, 2)
     assert report["chrf"] == round(sacrebleu.corpus_chrf(outputs, [refs]).score, 2)
 
-    assert main(["evaluate", "--model", toy_checkpoint, "--data", str(raw), "split=train"]) == 2
+    assert (
+        main(["evaluate", "--checkpoint", toy_checkpoint, "--data", str(raw), "split=train"]) == 2
+    )
     assert "split='train' is not one of: valid, test" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"bad.tsv:1: missing_tab"):
         (tmp_path / "bad.tsv").write_text("just a source\n")
-        evaluate(EvaluateConfig(model=toy_checkpoint, data=str(tmp_path / "bad.tsv")))
+        evaluate(EvaluateConfig(checkpoint=toy_checkpoint, data=str(tmp_path / "bad.tsv")))
 
 
 def test_gpu_evaluation_is_refused_up_front_on_a_cluster_without_gpus(
@@ -100,7 +102,9 @@ def test_gpu_evaluation_is_refused_up_front_on_a_cluster_without_gpus(
     runs on a head without one); where the cluster has none and cannot grow, one line at once."""
     real = tmp_path / "real.tsv"
     real.write_text("".join(f"{s}\t{t}\n" for s, t in pairs))
-    cfg = EvaluateConfig(model=toy_checkpoint, data=str(real), use_gpu=True, wait_for_workers_s=5)
+    cfg = EvaluateConfig(
+        checkpoint=toy_checkpoint, data=str(real), use_gpu=True, wait_for_workers_s=5
+    )
     with pytest.raises(
         ConfigError, match=r"evaluate --gpu needs 1 GPU, 1 CPU; the cluster has 0 GPU"
     ):

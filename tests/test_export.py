@@ -24,11 +24,11 @@ def held_out(gettext_pairs):
 
 def test_exported_model_decodes_like_s2s(toy_checkpoint, held_out, bucket, capsys):
     exported = f"{bucket}/exports/toy-ct2"
-    assert main(["export", "--model", toy_checkpoint, "--output", exported]) == 0
+    assert main(["export", "--checkpoint", toy_checkpoint, "--output", exported]) == 0
     assert "translate with --engine ctranslate2" in capsys.readouterr().out
 
-    ours = Translator(DecodeConfig(model=toy_checkpoint, beam=1)).translate_sentences(held_out)
-    theirs = Translator(DecodeConfig(model=exported, beam=1, engine="ctranslate2"))
+    ours = Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=1)).translate_sentences(held_out)
+    theirs = Translator(DecodeConfig(checkpoint=exported, beam=1, engine="ctranslate2"))
     assert theirs.model_id.endswith("+ct2") and theirs.model_id.startswith("checkpoint@step")
     outputs = theirs.translate_sentences(held_out)
     assert [o.translation for o in outputs] == [o.translation for o in ours]
@@ -36,7 +36,7 @@ def test_exported_model_decodes_like_s2s(toy_checkpoint, held_out, bucket, capsy
 
     # A checkpoint given to the ctranslate2 engine is exported on load; int8 still translates.
     int8 = Translator(
-        DecodeConfig(model=toy_checkpoint, beam=4, engine="ctranslate2", compute_type="int8")
+        DecodeConfig(checkpoint=toy_checkpoint, beam=4, engine="ctranslate2", compute_type="int8")
     ).translate_sentences(held_out[:50])
     assert all(o.error is None for o in int8) and sum(o.translation != "" for o in int8) > 25
 
@@ -55,7 +55,7 @@ def test_translate_job_with_the_ctranslate2_engine(ray_local, toy_checkpoint, he
     docs.mkdir()
     lines = [json.dumps({"id": i, "text": s}) for i, s in enumerate(held_out[:40])]
     (docs / "a.jsonl").write_text("\n".join(lines) + "\n")
-    settings = {"model": toy_checkpoint, "beam": 1, "cpus_per_actor": 0.5, "torch_threads": 1}
+    settings = {"checkpoint": toy_checkpoint, "beam": 1, "cpus_per_actor": 0.5, "torch_threads": 1}
     summary = translate(
         TranslateConfig(
             **settings, engine="ctranslate2", input=str(docs), output=str(tmp_path / "o")
@@ -63,7 +63,7 @@ def test_translate_job_with_the_ctranslate2_engine(ray_local, toy_checkpoint, he
     ).summary
     assert summary["rows_written"] == 40 and summary["model"].startswith("checkpoint@step")
     rows = [json.loads(x) for x in (tmp_path / "o" / "a.jsonl").read_text().splitlines()]
-    alone = Translator(DecodeConfig(model=toy_checkpoint, beam=1)).translate_documents(
+    alone = Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=1)).translate_documents(
         held_out[:40]
     )
     assert [r["translation"] for r in rows] == [a.translation for a in alone]

@@ -94,7 +94,7 @@ def test_prepare_train_translate_spread_over_two_nodes(ray_cluster, bucket, corp
     before = set(ray_cluster.actor_nodes("PieceTranslator"))
     summary = translate(
         TranslateConfig(
-            model=result.checkpoint, input=f"{bucket}/inbox", output=f"{bucket}/translated",
+            checkpoint=result.checkpoint, input=f"{bucket}/inbox", output=f"{bucket}/translated",
             beam=1, concurrency="2", cpus_per_actor=WORKER_CPUS, piece_mb=0.0002,
         )
     ).summary  # fmt: skip
@@ -122,7 +122,7 @@ def test_local_paths_are_refused_on_a_multi_node_cluster(bucket, corpus, tmp_pat
     assert not storage.expand(f"{bucket}/refused-prepared")
     storage.write_bytes(f"{bucket}/refused-inbox/a.jsonl", b'{"id": 1, "text": "Open"}\n')
     with pytest.raises(ConfigError, match=refused):
-        translate(TranslateConfig(model=f"{bucket}/no-model", input=f"{bucket}/refused-inbox",
+        translate(TranslateConfig(checkpoint=f"{bucket}/no-model", input=f"{bucket}/refused-inbox",
                                   output=str(tmp_path / "translated")))  # fmt: skip
     assert not (tmp_path / "translated").exists()
 

@@ -63,7 +63,7 @@ def output_ids(bucket: str) -> list[str]:
 def config(model: str, bucket: str, **settings) -> TranslateConfig:
     # piece_mb: a few files per work item, so that both actors get work.
     return TranslateConfig(
-        model=model, input=f"{bucket}/inbox", output=f"{bucket}/out", concurrency="2",
+        checkpoint=model, input=f"{bucket}/inbox", output=f"{bucket}/out", concurrency="2",
         cpus_per_actor=2, torch_threads=1, piece_mb=0.002, **settings,
     )  # fmt: skip
 

@@ -221,7 +221,7 @@ def test_translate_reader_gives_every_document_a_row(tmp_path, lines):
 
 @pytest.fixture(scope="module")
 def engine(toy_checkpoint) -> Translator:
-    return Translator(TranslateConfig(model=toy_checkpoint, beam=1, max_input_tokens=12))
+    return Translator(TranslateConfig(checkpoint=toy_checkpoint, beam=1, max_input_tokens=12))
 
 
 @settings(max_examples=25, deadline=None)
@@ -272,7 +272,7 @@ def test_translate_end_to_end_on_hostile_documents(ray_local, toy_checkpoint, tm
     bad = pa.array([b"Quit", b"caf\xe9", None], pa.binary()).view(pa.string())
     pq.write_table(pa.table({"id": [7, 8, 9], "text": bad}), inbox / "latin1.parquet")
     cfg = TranslateConfig(
-        model=toy_checkpoint, input=str(inbox), output=str(out), beam=1, max_input_tokens=12,
+        checkpoint=toy_checkpoint, input=str(inbox), output=str(out), beam=1, max_input_tokens=12,
         piece_mb=0.002, concurrency="1", cpus_per_actor=1, torch_threads=1,
     )  # fmt: skip
     summary = translate(cfg).summary
@@ -329,12 +329,12 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(toy_checkpoint, tmp_path, c
         config = (model / "config.yaml").read_text()
         (model / "config.yaml").write_text(config.replace("vocab_size: 600", "vocab_size: 700"))
         expected = "does not match"
-    code = main(["translate", "--model", str(model), "--input", str(inbox), "--output",
+    code = main(["translate", "--checkpoint", str(model), "--input", str(inbox), "--output",
                  str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("s2s: error: "), err
     assert expected in err[0] and not (tmp_path / "out" / "a.jsonl").exists()
-    assert main(["export", "--model", str(model), "--output", str(tmp_path / "ct2")]) == 2
+    assert main(["export", "--checkpoint", str(model), "--output", str(tmp_path / "ct2")]) == 2
     assert expected in capsys.readouterr().err
 
 
@@ -345,7 +345,7 @@ def test_an_internal_error_exits_70_with_a_one_line_summary(monkeypatch, capsys,
         raise RuntimeError("a bug\nwith a second line")
 
     monkeypatch.setattr(s2s.translate, "translate", broken)
-    code = main(["translate", "--model", "m", "--input", "i", "--output", str(tmp_path)])
+    code = main(["translate", "--checkpoint", "m", "--input", "i", "--output", str(tmp_path)])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 70 and last == "s2s: internal error: RuntimeError: a bug (exit 70)"
 

@@ -54,7 +54,9 @@ def model(corpus, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def evaluated(model, corpus, tmp_path_factory) -> dict:
     out = str(tmp_path_factory.mktemp("quality-eval"))
-    report = evaluate(EvaluateConfig(model=model, data=corpus, split="test", beam=4, output=out))
+    report = evaluate(
+        EvaluateConfig(checkpoint=model, data=corpus, split="test", beam=4, output=out)
+    )
     report["hypotheses"] = Path(out, "hypotheses.txt").read_text().splitlines()
     return report
 
@@ -79,7 +81,7 @@ def test_translate_job_scores_what_evaluate_scores(model, corpus, evaluated, tmp
     )
     translate(
         TranslateConfig(
-            model=model, input=str(docs), output=str(tmp_path / "out"), beam=4,
+            checkpoint=model, input=str(docs), output=str(tmp_path / "out"), beam=4,
             cpus_per_actor=0.5, torch_threads=2,
         )
     )  # fmt: skip

@@ -88,7 +88,7 @@ def documents(bucket):
 
 def run(toy_checkpoint, bucket, **settings) -> dict:
     cfg = TranslateConfig(
-        model=toy_checkpoint, input=f"{bucket}/docs", output=f"{bucket}/out", beam=2,
+        checkpoint=toy_checkpoint, input=f"{bucket}/docs", output=f"{bucket}/out", beam=2,
         max_input_tokens=12, max_document_chars=2000, piece_mb=0.0005, concurrency="1,2",
         cpus_per_actor=0.5, torch_threads=1, **settings,
     )  # fmt: skip
@@ -105,7 +105,7 @@ def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoin
 
     rows = read_jsonl(f"{bucket}/out/news.jsonl")
     assert len(rows) == len(expect)  # every row, once, in input order
-    translator = Translator(TranslateConfig(model=toy_checkpoint, beam=2, max_input_tokens=12))
+    translator = Translator(TranslateConfig(checkpoint=toy_checkpoint, beam=2, max_input_tokens=12))
     alone = translator.translate_documents(GOOD)
     for row, want in zip(rows, expect):
         assert row["id"] == want["id"]
@@ -159,10 +159,10 @@ def test_bad_settings_fail_before_work(ray_local, toy_checkpoint, tmp_path):
         ({"output": str(docs / "out")}, "overlap"),
         ({"format": "text"}, "--format text needs text inputs"),
         ({"concurrency": "3,1"}, "concurrency must be N or MIN,MAX"),
-        ({"model": str(tmp_path / "nomodel")}, "nomodel"),
+        ({"checkpoint": str(tmp_path / "nomodel")}, "nomodel"),
     ]
     for change, message in cases:
-        settings = {"model": toy_checkpoint, "input": str(docs), "output": str(tmp_path / "o")}
+        settings = {"checkpoint": toy_checkpoint, "input": str(docs), "output": str(tmp_path / "o")}
         with pytest.raises((ConfigError, storage.StorageError), match=message):
             translate(TranslateConfig(**{**settings, **change}))
 
@@ -200,7 +200,7 @@ def test_killed_translator_actor_changes_nothing(ray_local, toy_checkpoint, tmp_
     (docs / "big.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     cfg = TranslateConfig(
-        model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
+        checkpoint=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
         concurrency="1", cpus_per_actor=0.5, torch_threads=1,
     )  # fmt: skip
     earlier = set(ray_actors("PieceTranslator"))  # other runs' translator actors
@@ -244,7 +244,7 @@ def test_an_unreadable_input_fails_alone_with_exit_status_1(
     docs.mkdir()
     (docs / "good.jsonl").write_text('{"id": "a", "text": "Quit"}\n')
     (docs / "broken.parquet").write_bytes(b"PAR1 this is no parquet file")
-    args = ["translate", "--model", toy_checkpoint, "--input", str(docs), "--output",
+    args = ["translate", "--checkpoint", toy_checkpoint, "--input", str(docs), "--output",
             str(tmp_path / "out"), "--beam", "1", "cpus_per_actor=0.5"]  # fmt: skip
     assert main(args) == 1
     printed = capsys.readouterr().out
@@ -266,7 +266,7 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     docs.mkdir()
     lines = [json.dumps({"id": n, "text": GOOD[n % len(GOOD)]}) for n in range(300)]
     (docs / "big.jsonl").write_text("\n".join(lines) + "\n")
-    settings = ["--model", toy_checkpoint, "--input", str(docs), "--output", str(out),
+    settings = ["--checkpoint", toy_checkpoint, "--input", str(docs), "--output", str(out),
                 "--beam", "4", "piece_mb=0.001", "cpus_per_actor=0.5", "torch_threads=1",
                 "lease_ttl_s=60"]  # fmt: skip
     # 60 s, renewed every 20: a busy machine cannot stall the first run's renewal long enough
@@ -299,7 +299,7 @@ def test_a_second_run_is_refused_and_a_dead_run_is_finished_by_the_next(
     monkeypatch.setattr("s2s.lease.time", clock)
     summary = translate(
         TranslateConfig(
-            model=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
+            checkpoint=toy_checkpoint, input=str(docs), output=str(out), beam=4, piece_mb=0.001,
             cpus_per_actor=0.5, torch_threads=1,
         )
     ).summary  # fmt: skip
@@ -321,7 +321,7 @@ def test_run_summary_lists_the_first_failures_and_counts_them_all(
         (docs / f"good-{n}.jsonl").write_text(json.dumps({"id": n, "text": GOOD[n]}) + "\n")
     summary = translate(
         TranslateConfig(
-            model=toy_checkpoint, input=str(docs), output=str(out), beam=1, cpus_per_actor=0.5,
+            checkpoint=toy_checkpoint, input=str(docs), output=str(out), beam=1, cpus_per_actor=0.5,
             torch_threads=1,
         )
     ).summary  # fmt: skip
@@ -382,7 +382,7 @@ def test_gpu_actors_are_refused_up_front_on_a_cluster_without_gpus(
     inbox.mkdir()
     (inbox / "a.jsonl").write_text(json.dumps({"id": "1", "text": "Quit"}) + "\n")
     cfg = TranslateConfig(
-        model=toy_checkpoint, input=str(inbox), output=str(tmp_path / "out"), use_gpu=True,
+        checkpoint=toy_checkpoint, input=str(inbox), output=str(tmp_path / "out"), use_gpu=True,
         gpus_per_actor=0.5, concurrency="2", wait_for_workers_s=5,
     )  # fmt: skip
     started = time.monotonic()

@@ -51,7 +51,7 @@ def test_batch_order_respects_budget_and_covers_every_row():
 
 @pytest.fixture(scope="module")
 def translator(toy_checkpoint):
-    return Translator(DecodeConfig(model=toy_checkpoint, beam=2, max_input_tokens=12))
+    return Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=2, max_input_tokens=12))
 
 
 def test_documents_translate_in_order_and_keep_layout(translator):
@@ -85,7 +85,8 @@ class CopyEngine:
     ``max_len_cap``: the translator's segmenting, batching and accounting without a model."""
 
     def __init__(self, tokenizer, max_len_cap=None):
-        self.tokenizer, self.model_id = tokenizer, "copy@1"
+        self.tokenizer = self.target_tokenizer = tokenizer
+        self.model_id = "copy@1"
         self.device, self.precision = torch.device("cpu"), "fp32"
         self.max_len_cap, self.memory_left = max_len_cap, None
         self.batches = []
@@ -100,7 +101,7 @@ def test_the_translator_asks_its_engine_only_through_the_protocol(
 ):
     engine = CopyEngine(translator.tokenizer, max_len_cap=9)
     monkeypatch.setattr(s2s.translator, "load_engine", lambda cfg, device, share: engine)
-    copier = Translator(DecodeConfig(model=toy_checkpoint, beam=2, max_sentences=4))
+    copier = Translator(DecodeConfig(checkpoint=toy_checkpoint, beam=2, max_sentences=4))
     assert (copier.model_id, copier.device, copier.max_input_tokens) == ("copy@1", engine.device, 8)
     docs = ["Open file. Save file.\n\nQuit", None, " ".join(["Open the file"] * 6) + "."]
     results = copier.translate_documents(docs)

@@ -27,7 +27,9 @@ class Engine(Protocol):
     """What the translator asks of a loaded model, whichever engine runs it.
 
     Attributes:
-        tokenizer: the model's SentencePiece tokenizer (ids in and out of :meth:`decode`).
+        tokenizer: the SentencePiece tokenizer of the sources (ids into :meth:`decode`).
+        target_tokenizer: that of the outputs (ids out of it): ``tokenizer`` itself unless the
+            model's target side segments differently (over the same vocabulary).
         model_id: the id every translation made with it carries (``checkpoint@step...``).
         device: where it decodes.
         precision: what it computes in, as the engine names it (``fp32``/``bf16`` for torch, a
@@ -39,6 +41,7 @@ class Engine(Protocol):
     """
 
     tokenizer: Tokenizer
+    target_tokenizer: Tokenizer
     model_id: str
     device: torch.device
     precision: str
@@ -46,7 +49,7 @@ class Engine(Protocol):
     memory_left: int | None
 
     def __init__(self, cfg: DecodeConfig, device: torch.device, gpu_share: float) -> None:
-        """Load ``cfg.model`` onto ``device``, a part ``gpu_share`` of which this process holds
+        """Load ``cfg.checkpoint`` onto ``device``, a part ``gpu_share`` of which this process holds
         (Ray's num_gpus; 1 on a CPU), to decode with ``cfg``'s search settings.
 
         Raises:
@@ -110,7 +113,7 @@ def engine_model_id(cfg: DecodeConfig) -> str:
     Raises:
         ConfigError: a model directory that is missing a file or damaged.
     """
-    return engine_class(cfg.engine).checked_model_id(cfg.model)
+    return engine_class(cfg.engine).checked_model_id(cfg.checkpoint)
 
 
 def _device(cfg: DecodeConfig, device: str | None, engine: type[Engine]) -> torch.device:

@@ -2,11 +2,12 @@
 
 CTranslate2 is a C++ inference engine for Transformers (fused kernels, int8). The export maps an
 s2s Transformer one to one: s2s's fused q/k/v and k/v projections are CTranslate2's, the embedding
-is shared by source, target and output projection, embeddings are scaled by sqrt(d_model), and
-the sinusoidal table is exported as it is (s2s interleaves sin/cos, so CTranslate2's own table
-would differ). The exported directory also holds ``tokenizer.model`` and ``s2s_export.json`` (the
-source checkpoint's id and config), so ``s2s translate --engine ctranslate2`` can load it; given a
-checkpoint instead, the engine exports it on load.
+is shared by source, target and output projection (with its bias, if any), embeddings are scaled
+by sqrt(d_model) where the model scales them, and the sinusoidal table is exported as it is (s2s
+interleaves sin/cos, so CTranslate2's own table would differ). The exported directory also holds
+``tokenizer.model`` (and ``target_tokenizer.model`` where the checkpoint has one) and
+``s2s_export.json`` (the source checkpoint's id and config), so ``s2s translate --engine
+ctranslate2`` can load it; given a checkpoint instead, the engine exports it on load.
 
 ``ctranslate2`` is an optional package, imported where it is used: without it this module still
 imports, and the export says how to install it.
@@ -22,9 +23,9 @@ import tempfile
 import torch
 
 from s2s import storage
-from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
+from s2s.checkpoint import TARGET_TOKENIZER, TOKENIZER, load_checkpoint, validate_checkpoint
 from s2s.config import ConfigError, DecodeConfig
-from s2s.tokenizer import Tokenizer
+from s2s.tokenizer import BOS_ID, PAD_ID, Tokenizer
 
 __all__ = [
     "CTranslate2Engine",
@@ -48,7 +49,7 @@ class CTranslate2Engine:
     """
 
     def __init__(self, cfg: DecodeConfig, device: torch.device, gpu_share: float = 1.0) -> None:
-        """Load ``cfg.model`` (an export, else a checkpoint exported now) onto ``device``.
+        """Load ``cfg.checkpoint`` (an export, else a checkpoint exported now) onto ``device``.
 
         Raises:
             ConfigError: a damaged model directory, or an RNN checkpoint.
@@ -63,9 +64,9 @@ class CTranslate2Engine:
             )
         self.cfg = cfg
         self.device = device
-        exported, info = cfg.model, export_info(cfg.model)
+        exported, info = cfg.checkpoint, export_info(cfg.checkpoint)
         if info is None:  # a checkpoint: exported here (load_checkpoint checks it first)
-            exported = export_ctranslate2(cfg.model, tempfile.mkdtemp(prefix="s2s-ct2-"))
+            exported = export_ctranslate2(cfg.checkpoint, tempfile.mkdtemp(prefix="s2s-ct2-"))
             info = export_info(exported)
         local = local_ctranslate2_model(exported)
         _warn_unsupported_compute_type(cfg.compute_type, info, device)
@@ -77,8 +78,13 @@ class CTranslate2Engine:
             intra_threads=torch.get_num_threads(),
         )
         self.precision = self.translator.compute_type  # what it computes in after fallbacks
-        proto = storage.read_bytes(storage.join(exported, TOKENIZER))
-        self.tokenizer = Tokenizer(proto, name=exported)
+        self.tokenizer = _tokenizer(exported, TOKENIZER)
+        target = storage.join(exported, TARGET_TOKENIZER)
+        self.target_tokenizer = (
+            _tokenizer(exported, TARGET_TOKENIZER) if storage.exists(target) else self.tokenizer
+        )
+        # Pad and bos are never output (as in s2s.search): CTranslate2 rules them out by piece.
+        self._never = [[piece] for piece in self.tokenizer.id_to_piece([PAD_ID, BOS_ID])]
         self.model_id = f"{info['model_id']}+ct2"
         # Positions run out: source and output (after bos) must fit max_positions.
         self.max_len_cap = info["max_positions"] - 1 if info["max_positions"] else None
@@ -110,10 +116,16 @@ class CTranslate2Engine:
             length_penalty=cfg.length_penalty,
             max_decoding_length=max(limits),
             max_batch_size=len(sources),
+            suppress_sequences=self._never,
         )
         return [
-            self.tokenizer.piece_to_id(r.hypotheses[0][:limit]) for r, limit in zip(results, limits)
+            self.target_tokenizer.piece_to_id(r.hypotheses[0][:limit])
+            for r, limit in zip(results, limits)
         ]
+
+
+def _tokenizer(exported: str, name: str) -> Tokenizer:
+    return Tokenizer(storage.read_bytes(storage.join(exported, name)), name=exported)
 
 
 def _warn_unsupported_compute_type(compute_type: str, info: dict, device: torch.device) -> None:
@@ -199,9 +211,10 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb") as f:
                 storage.write_bytes(storage.join(output, name), f.read())
-    storage.write_bytes(
-        storage.join(output, TOKENIZER), storage.read_bytes(storage.join(checkpoint, TOKENIZER))
-    )
+    for name in (TOKENIZER, TARGET_TOKENIZER):
+        path = storage.join(checkpoint, name)
+        if storage.exists(path):  # the target side's is optional
+            storage.write_bytes(storage.join(output, name), storage.read_bytes(path))
     info = {
         "model_id": ckpt.model_id,
         "source": checkpoint,
@@ -210,6 +223,10 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
     }
     storage.write_bytes(storage.join(output, EXPORT_INFO), json.dumps(info, indent=2).encode())
     return output
+
+
+# ModelConfig.activation -> CTranslate2's name for it (s2s's gelu is the exact, erf one).
+_ACTIVATIONS = {"relu": "RELU", "swish": "SWISH", "gelu": "GELU"}
 
 
 def _model_spec(model, cfg, pieces: list[str]):
@@ -221,14 +238,14 @@ def _model_spec(model, cfg, pieces: list[str]):
         (cfg.enc_layers, cfg.dec_layers),
         cfg.heads,
         pre_norm=cfg.norm == "pre",
-        activation=common_spec.Activation.RELU,
+        activation=getattr(common_spec.Activation, _ACTIVATIONS[cfg.activation]),
     )
     embedding = model.embed.weight.detach().numpy()  # (V, D)
     positions = model.positions.numpy()  # (max_positions, D)
     spec.encoder.embeddings[0].weight = embedding  # a list: encoders may have several inputs
     spec.decoder.embeddings.weight = embedding
     for side in (spec.encoder, spec.decoder):
-        side.scale_embeddings = True
+        side.scale_embeddings = cfg.scale_embedding
         side.position_encodings.encodings = positions
     layers = [*zip(spec.encoder.layer, model.encoder), *zip(spec.decoder.layer, model.decoder)]
     for layer_spec, layer in layers:
@@ -246,7 +263,9 @@ def _model_spec(model, cfg, pieces: list[str]):
     if cfg.norm == "pre":
         _norm(spec.encoder.layer_norm, model.enc_norm)
         _norm(spec.decoder.layer_norm, model.dec_norm)
-    spec.decoder.projection.weight = embedding  # tied output projection, no bias
+    spec.decoder.projection.weight = embedding  # tied output projection
+    if model.logits_bias is not None:
+        spec.decoder.projection.bias = model.logits_bias.detach().numpy()
     spec.register_source_vocabulary(pieces)
     spec.register_target_vocabulary(pieces)
     spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = pieces[1:4]

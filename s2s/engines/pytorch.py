@@ -26,7 +26,7 @@ class TorchEngine:
     """
 
     def __init__(self, cfg: DecodeConfig, device: torch.device, gpu_share: float = 1.0) -> None:
-        """Load ``cfg.model`` onto ``device``. ``gpu_share`` under 1 caps torch's allocator at
+        """Load ``cfg.checkpoint`` onto ``device``. ``gpu_share`` under 1 caps torch's allocator at
         that part of the GPU, so processes sharing it cannot take each other's memory.
 
         Raises:
@@ -35,8 +35,9 @@ class TorchEngine:
         self.cfg = cfg
         self.device = device
         fraction = cap_memory(gpu_share, device)  # before the model takes its part
-        ckpt = load_checkpoint(cfg.model, device)
-        self.model, self.tokenizer, self.model_id = ckpt.model, ckpt.tokenizer, ckpt.model_id
+        ckpt = load_checkpoint(cfg.checkpoint, device)
+        self.model, self.model_id = ckpt.model, ckpt.model_id
+        self.tokenizer, self.target_tokenizer = ckpt.tokenizer, ckpt.target_tokenizer
         # A Transformer's positions run out: source and output (after bos) must fit them.
         is_transformer = ckpt.model_config.family == "transformer"
         max_positions = ckpt.model_config.max_positions if is_transformer else None

@@ -81,6 +81,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             attention_dropout=cfg.attention_dropout,
             pre_norm=cfg.norm == "pre",  # config says "pre" | "post"
             max_positions=cfg.max_positions,
+            activation=cfg.activation,
+            scale_embedding=cfg.scale_embedding,
+            output_bias=cfg.output_bias,
         )
     from s2s.models.rnn import RNNSeq2Seq
 

@@ -119,12 +119,19 @@ class Attention(nn.Module):
         return self.out(y), (k, v)
 
 
-class FeedForward(nn.Sequential):
-    """Position-wise feed-forward: (B, T, D) -> (B, T, ffn_dim) -> ReLU -> (B, T, D)."""
+# ModelConfig.activation -> module. "gelu" is the exact (erf) GELU, "swish" is SiLU: x * sigmoid(x).
+ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+
+class FeedForward(nn.Sequential):
+    """Position-wise feed-forward: (B, T, D) -> (B, T, ffn_dim) -> activation -> (B, T, D)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str) -> None:
         super().__init__(
-            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
+            nn.Linear(d_model, ffn_dim),
+            ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dim, d_model),
         )
 
 
@@ -139,6 +146,7 @@ class Layer(nn.Module):
         dropout: float,
         attention_dropout: float,
         pre_norm: bool,
+        activation: str,
         decoder: bool,
     ):
         super().__init__()
@@ -147,7 +155,7 @@ class Layer(nn.Module):
         self.cross_attn = (
             Attention(d_model, heads, attention_dropout, cross=True) if decoder else None
         )
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout, activation)
         # One norm per sublayer: self-attention, [cross-attention,] FFN (always norms[-1]).
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if decoder else 2))
         self.drop = nn.Dropout(dropout)  # on each sublayer's output, before the residual add
@@ -197,6 +205,9 @@ class Transformer(nn.Module):
         pre_norm: LayerNorm before each sublayer (trains stably with less warmup; Xiong et al.
             2020) or after it (the 2017 original).
         max_positions: longest sequence the position table covers (source or target).
+        activation: of the feed-forward sublayers, a key of ACTIVATIONS.
+        scale_embedding: multiply token embeddings by sqrt(D) before adding positions.
+        output_bias: add a learned (V,) bias to the output logits (Marian's final_logits_bias).
     """
 
     def __init__(
@@ -211,10 +222,14 @@ class Transformer(nn.Module):
         attention_dropout: float = 0.0,
         pre_norm: bool = True,
         max_positions: int = 1024,
+        activation: str = "relu",
+        scale_embedding: bool = True,
+        output_bias: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.max_positions = max_positions
+        self.embed_scale = math.sqrt(d_model) if scale_embedding else 1.0
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         # std D^-0.5: times sqrt(D) in _embed the inputs have unit scale, like the positions, and
         # the tied output projection of a layer-normed state gives logits of unit scale.
@@ -224,7 +239,7 @@ class Transformer(nn.Module):
             "positions", sinusoidal_positions(max_positions, d_model), persistent=False
         )
         self.drop = nn.Dropout(dropout)
-        args = (d_model, heads, ffn_dim, dropout, attention_dropout, pre_norm)
+        args = (d_model, heads, ffn_dim, dropout, attention_dropout, pre_norm, activation)
         self.encoder = nn.ModuleList(Layer(*args, decoder=False) for _ in range(enc_layers))
         self.decoder = nn.ModuleList(Layer(*args, decoder=True) for _ in range(dec_layers))
         # Pre-norm stacks end with a norm (their residual stream is never normalised otherwise).
@@ -236,13 +251,16 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():
             if param.dim() > 1 and not name.startswith("embed"):
                 nn.init.xavier_uniform_(param)
+        # Created after the init loop (1-d, it would be skipped anyway): zeros, so a new model's
+        # logits are those of a model without it.
+        self.logits_bias = nn.Parameter(torch.zeros(vocab_size)) if output_bias else None
 
     def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
         """(B, T) ids at positions offset..offset+T-1 -> (B, T, D) decoder/encoder input."""
         t = ids.shape[1]
         assert offset + t <= self.max_positions, f"position {offset + t} > max_positions"
         # Embeddings scaled by sqrt(D) (Vaswani et al. 3.4) plus the (T, D) position rows.
-        x = self.embed(ids) * math.sqrt(self.d_model) + self.positions[offset : offset + t]
+        x = self.embed(ids) * self.embed_scale + self.positions[offset : offset + t]
         return self.drop(x)  # (B, T, D)
 
     def encode(self, src: Tensor) -> DecoderState:
@@ -301,6 +319,8 @@ class Transformer(nn.Module):
             new_kv.append(kv)  # 2 x (B, H, t + T, dh)
         # Tied output projection: the same embedding matrix, (B, T, D) @ (D, V).
         logits = self.dec_norm(x) @ self.embed.weight.T  # (B, T, V)
+        if self.logits_bias is not None:
+            logits = logits + self.logits_bias  # (V,) broadcasts
         return logits, new_kv
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:

@@ -88,3 +88,11 @@ def test_scoring_is_one_ray_free_module():
 def test_only_checkpoint_names_the_trainer_state_file():
     holders = [p.name for p in PACKAGE.rglob("*.py") if "trainer_state.json" in p.read_text()]
     assert holders == ["checkpoint.py"]
+
+
+def test_hugging_face_models_need_no_transformers():
+    """`s2s import --from hf` and `s2s export --format hf` read and write the files themselves:
+    transformers is a test and benchmark dependency, never one of s2s."""
+    assert importers("transformers") == set()
+    # SentencePiece's model protobuf (rewriting Marian's .spm files) is the importer's alone.
+    assert importers("sentencepiece.sentencepiece_model_pb2") == {"marian"}

@@ -5,6 +5,7 @@ decoded by s2s and by ``generate``, exported back and reloaded by ``from_pretrai
 
 import io
 import json
+import os
 import shutil
 
 import pytest
@@ -16,15 +17,27 @@ from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTo
 from s2s import storage
 from s2s.batching import collate
 from s2s.checkpoint import load_checkpoint, save_checkpoint
-from s2s.config import ConfigError, PrepareConfig, TrainConfig, model_preset
+from s2s.cli import main
+from s2s.config import (
+    ConfigError,
+    DecodeConfig,
+    PrepareConfig,
+    TrainConfig,
+    TranslateConfig,
+    model_preset,
+)
+from s2s.engines.ctranslate2 import export_ctranslate2
 from s2s.manifest import read_manifest
 from s2s.marian import NEVER, export_marian, import_marian
 from s2s.models import build_model
 from s2s.prepare import prepare_corpus
 from s2s.search import beam_search, greedy_search
+from s2s.segment import split_document
 from s2s.shards import read_shard
 from s2s.tokenizer import TARGET_TOKENIZER_FILE, TokenizerFiles
 from s2s.train import train
+from s2s.translate import translate
+from s2s.translator import Translator
 
 # MarianTokenizer asks for sacremoses, which it never uses for encoding.
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
@@ -388,6 +401,46 @@ def test_refusals(imported, marian_dir, tmp_path):
     (other / "vocab.json").unlink()
     with pytest.raises(ConfigError, match=r"vocab.json: missing"):
         import_marian(str(other), str(tmp_path / "x"))
+
+
+def test_an_import_runs_in_ctranslate2_as_in_torch(imported, corpus, tmp_path):
+    """`s2s export --format ctranslate2` of an import (swish, a logits bias, a target-side
+    tokenizer): CTranslate2's greedy translations are s2s's own."""
+    exported = export_ctranslate2(imported[0], str(tmp_path / "ct2"))
+    settings = {"beam": 1, "max_len_a": 0, "max_len_b": MAX_NEW}
+    ours = Translator(DecodeConfig(checkpoint=imported[0], **settings))
+    theirs = Translator(DecodeConfig(checkpoint=exported, engine="ctranslate2", **settings))
+    sentences = corpus[1][:150]
+    assert theirs.translate_sentences(sentences) == ours.translate_sentences(sentences)
+
+
+def test_import_from_s3_then_translate_a_bucket(ray_local, marian_dir, hf, corpus, bucket):
+    """The README's path: `s2s import` of a model directory in a bucket, then the translate job
+    from one bucket prefix to another; its translations are generate's, word for word."""
+    model, tokenizer = hf
+    for name in os.listdir(marian_dir):
+        data = storage.read_bytes(f"{marian_dir}/{name}")
+        storage.write_bytes(f"{bucket}/hub/opus-mt-en-de/{name}", data)
+    checkpoint = f"{bucket}/models/opus-en-de"
+    argv = ["import", "--from", "hf", f"{bucket}/hub/opus-mt-en-de", "--output", checkpoint]
+    assert main(argv) == 0
+    # One sentence per document (the job splits documents into sentences; generate does not).
+    docs = [s for s in corpus[1] if len(split_document(s)[0]) == 1][:60]
+    lines = "".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs))
+    storage.write_bytes(f"{bucket}/inbox/docs.jsonl", lines.encode())
+    summary = translate(
+        TranslateConfig(
+            checkpoint=checkpoint, input=f"{bucket}/inbox", output=f"{bucket}/outbox", beam=1,
+            max_len_a=0, max_len_b=MAX_NEW, cpus_per_actor=1, torch_threads=1,
+        )
+    ).summary  # fmt: skip
+    assert summary["inputs"]["translated"] == 1 and summary["errors"] == 0
+    rows = storage.read_bytes(f"{bucket}/outbox/docs.jsonl").decode().splitlines()
+    translations = [json.loads(row)["translation"] for row in rows]
+    expected = tokenizer.batch_decode(
+        hf_generate(model, tokenizer, docs, num_beams=1), skip_special_tokens=True
+    )
+    assert translations == expected
 
 
 def valid_nll(checkpoint: str, corpus: str) -> float:

@@ -1,6 +1,7 @@
 """Benchmark: translation quality after a fixed wall-clock budget, s2s against Hugging Face.
 
-On the shared English->German gettext corpus (its train/valid/test splits as given), one run:
+On the shared English->German gettext corpus (its train/valid/test splits as given; on a clean
+clone one built from this machine's catalogs: jobs/benchcorpus.py), one run:
 
   * s2s ``rnn-small`` (LSTM + Bahdanau), ``gru-luong`` and ``transformer-small``, each trained by
     ``s2s train`` for ``--budget`` minutes of wall-clock (the recipes in jobs/configs/quality/);
@@ -9,11 +10,11 @@ On the shared English->German gettext corpus (its train/valid/test splits as giv
     AdamW, warm-up, label smoothing 0.1), same SentencePiece vocabulary, same budget.
 
 Every model is scored on the whole test split with beam 4 (sacreBLEU BLEU and chrF, signatures
-printed); for s2s models with the length penalty chosen on the valid split, also as the average of
-their last checkpoints, and through ``s2s translate`` (which must score what ``s2s evaluate``
-scores). While training, each is decoded greedily on the first validation sentences every few
-minutes: those points are the learning curves (BLEU against wall-clock) drawn into ``--plot``.
-Results also go to ``results.json``.
+printed, and placeholder fidelity: s2s.placeholders); for s2s models with the length penalty
+chosen on the valid split, also as the average of their last checkpoints, and through ``s2s
+translate`` (which must score what ``s2s evaluate`` scores). While training, each is decoded
+greedily on the first validation sentences every few minutes: those points are the learning
+curves (BLEU against wall-clock) drawn into ``--plot``. Results also go to ``results.json``.
 
     python jobs/bench_quality.py [--budget 20] [--models transformer-small,hf-marian,...]
     python jobs/bench_quality.py --score-only     # score the trained s2s runs again
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from benchcorpus import bench_corpus
 
 from s2s import storage
 from s2s.batching import collate
@@ -47,6 +49,7 @@ from s2s.config import (
 )
 from s2s.evaluate import evaluate, load_pairs
 from s2s.manifest import read_manifest
+from s2s.placeholders import fidelity
 from s2s.prepare import prepare_corpus
 from s2s.runlog import read_metrics
 from s2s.scoring import score
@@ -65,10 +68,7 @@ PENALTIES = (0.6, 1.0, 1.4)  # GNMT length penalties tried on the valid split (b
 def prepare(corpus: Path, output: str) -> str:
     """The corpus' own splits: train carved by nothing, valid and test given explicitly."""
     if not (corpus / "train.tsv.gz").exists():
-        raise SystemExit(
-            f"{corpus}/train.tsv.gz not found: build the corpus with "
-            "shared/corpus/build_gettext_corpus.py (see its README) and pass --corpus DIR"
-        )
+        raise SystemExit(f"{corpus}/train.tsv.gz not found (see jobs/benchcorpus.py)")
     if not storage.exists(storage.join(output, "manifest.json")):
         prepare_corpus(
             PrepareConfig(
@@ -164,7 +164,8 @@ def _evaluate(
         length_penalty=length_penalty, torch_threads=os.cpu_count() or 2,
     )  # fmt: skip
     report = evaluate(cfg)
-    return {k: report[k] for k in ("bleu", "chrf", "signature", "sentences", "segments", "seconds")}
+    keys = ("bleu", "chrf", "signature", "placeholders", "sentences", "segments", "seconds")
+    return {k: report[k] for k in keys}
 
 
 class MarianBaseline:
@@ -272,6 +273,8 @@ class MarianBaseline:
             for i, text in zip(chunk, texts):
                 hypotheses[i] = text
         report = score(hypotheses, references)
+        kept = fidelity(sources, hypotheses)  # as s2s evaluate reports it
+        report["placeholders"] = {"sentences": kept["sentences"], "fidelity": kept["fidelity"]}
         report.update(sentences=len(sources), seconds=round(time.perf_counter() - started, 1))
         return report
 
@@ -306,18 +309,24 @@ def plot(rows: list[dict], path: Path, budget: float) -> None:
     plt.close(figure)
 
 
+def _kept(report: dict) -> str:
+    """Placeholder fidelity, % of the test sentences that hold any ("-" in older results)."""
+    share = report.get("placeholders", {}).get("fidelity")
+    return "-" if share is None else f"{share:.1f}%"
+
+
 def table(rows: list[dict], budget: float) -> str:
     lines = [
         f"| model, {budget:g} min | steps | epochs | tgt tokens/s | length penalty | test BLEU "
-        "| chrF | BLEU, averaged checkpoints | BLEU via `s2s translate` |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| chrF | placeholders kept | BLEU, averaged checkpoints | BLEU via `s2s translate` |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         averaged, job = row.get("averaged"), row.get("translate_job")
         lines.append(
             f"| {row['model']} | {row['steps']:,} | {row['epochs']:.2f} | {row['tok_s']:,} "
             f"| {row.get('length_penalty', 1.0)} | **{row['last']['bleu']:.1f}** "
-            f"| {row['last']['chrf']:.1f} | "
+            f"| {row['last']['chrf']:.1f} | {_kept(row['last'])} | "
             + (f"{averaged['bleu']:.1f}" if averaged else "-")
             + (f" | {job['bleu']:.2f} (evaluate {row['last']['bleu']:.2f}) |" if job else " | - |")
         )
@@ -330,8 +339,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=20.0, help="minutes of training per model")
     parser.add_argument("--models", default=",".join(MODELS), help=f"of {','.join(MODELS)}")
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared/corpus/en-de"),
-                        help="the gettext corpus: train/valid/test.tsv.gz")  # fmt: skip
+    parser.add_argument(
+        "--corpus",
+        help="a directory of train/valid/test.tsv.gz; default: the shared gettext corpus where "
+        "it is there, else one built from this machine's catalogs (jobs/benchcorpus.py)",
+    )
     parser.add_argument("--workdir", default="bench-output/quality")
     parser.add_argument("--plot", default="bench-output/quality/quality.png")
     parser.add_argument(
@@ -343,7 +355,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.workdir).resolve()
-    corpus = Path(args.corpus)
+    corpus = Path(args.corpus) if args.corpus else bench_corpus(work)
+    print(f"corpus: {corpus}", flush=True)
     data = prepare(corpus, str(work / "prepared"))
     test = str(corpus / "test.tsv.gz")  # the split as given: all of its pairs, unfiltered
     results = work / "results.json"

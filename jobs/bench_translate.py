@@ -2,7 +2,8 @@
 job against its own engine.
 
 Measured side by side in one run on this machine, on the same real English sentences (the
-shared corpus' test split, SentencePiece 8k), in the same 64-sentence batches (sorted by length,
+shared corpus' test split where it is there, else one built here: jobs/benchcorpus.py;
+SentencePiece 8k), in the same 64-sentence batches (sorted by length,
 so every engine sees identical padding), with every output forced to the same length (eos
 banned until then), greedy and beam 4, for ``transformer-small`` and ``transformer-base``
 dimensions (random weights: speed does not depend on what the weights say once lengths are
@@ -37,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from benchcorpus import bench_corpus
 from procmem import PeakSampler, largest_rss
 
 from s2s.checkpoint import load_checkpoint, save_checkpoint
@@ -50,13 +52,12 @@ from s2s.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_tokenizer
 from s2s.translate import translate
 from s2s.translator import Translator
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "en-de"
 THREADS = os.cpu_count() or 1
 
 
-def read_tsv(name: str, limit: int) -> list[tuple[str, str]]:
+def read_tsv(corpus: Path, name: str, limit: int) -> list[tuple[str, str]]:
     pairs = []
-    with gzip.open(CORPUS / name, "rt", encoding="utf-8") as f:
+    with gzip.open(corpus / name, "rt", encoding="utf-8") as f:
         for line in f:
             src, _, tgt = line.rstrip("\n").partition("\t")
             pairs.append((src, tgt))
@@ -366,12 +367,14 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    train_pairs = read_tsv("train.tsv.gz", 60_000)
+    corpus = bench_corpus(work)
+    print(f"corpus: {corpus}", flush=True)
+    train_pairs = read_tsv(corpus, "train.tsv.gz", 60_000)
     proto = train_tokenizer([s for p in train_pairs for s in p], vocab_size=8000)
     proto_path = work / "tokenizer.model"
     proto_path.write_bytes(proto)
     tokenizer = Tokenizer(proto)
-    test_pairs = read_tsv("test.tsv.gz", 2000)
+    test_pairs = read_tsv(corpus, "test.tsv.gz", 2000)
     sentences = [s for s, _ in test_pairs[: args.sentences]]
 
     rows = (
@@ -416,8 +419,8 @@ def main() -> None:
 
     if "job" in args.parts:
         # Unseen by the tokenizer (test, valid), then training pairs beyond its sample.
-        job_pairs = read_tsv("test.tsv.gz", 2000) + read_tsv("valid.tsv.gz", 2000)
-        job_pairs += read_tsv("train.tsv.gz", 62_000)[60_000:]
+        job_pairs = read_tsv(corpus, "test.tsv.gz", 2000) + read_tsv(corpus, "valid.tsv.gz", 2000)
+        job_pairs += read_tsv(corpus, "train.tsv.gz", 62_000)[60_000:]
         job_pairs = job_pairs[: args.job_sentences]
         result = job_vs_engine(args, proto, job_pairs, work)
         print(f"\nRay Data job vs engine alone ({result['documents']} documents, "

@@ -1,4 +1,6 @@
-"""``s2s evaluate``: BLEU and chrF (:mod:`s2s.scoring`) of a checkpoint on held-out pairs.
+"""``s2s evaluate``: BLEU and chrF (:mod:`s2s.scoring`) of a checkpoint on held-out pairs, and how
+many of the placeholders of software text (``%s``, ``{0}``, ``<b>``: :mod:`s2s.placeholders`) its
+translations keep.
 
 Decoding goes through the same :class:`~s2s.translator.Translator` as the translate job, and the
 same path: each source is a document, split into sentences, translated, and rejoined. So the score
@@ -21,6 +23,7 @@ from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.engines import engine_model_id
 from s2s.manifest import MANIFEST_NAME, read_manifest
+from s2s.placeholders import fidelity
 from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.translator import DocumentResult, Translator
@@ -86,6 +89,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "sentences": len(sources),
         "segments": sum(r.n_segments for r in results),  # sentences after splitting
         **score(hypotheses, references),
+        "placeholders": _placeholder_report(sources, hypotheses, references),
         "failed_sentences": sum(r.error is not None for r in results),
         "beam": cfg.beam,
         "length_penalty": cfg.length_penalty,
@@ -101,6 +105,22 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             storage.join(cfg.output, "hypotheses.txt"),
             "".join(h + "\n" for h in hypotheses).encode(),
         )
+    return report
+
+
+def _placeholder_report(sources: list[str], hypotheses: list[str], references: list[str]) -> dict:
+    """Placeholder fidelity (:mod:`s2s.placeholders`) of the hypotheses, and of the references
+    (what a human kept: the ceiling), with BLEU and chrF on the sentences that hold any."""
+    ours = fidelity(sources, hypotheses)
+    report = {
+        "sentences": ours["sentences"],
+        "fidelity": ours["fidelity"],
+        "reference_fidelity": fidelity(sources, references)["fidelity"],
+    }
+    if ours["indices"]:
+        subset = ours["indices"]
+        scores = score([hypotheses[i] for i in subset], [references[i] for i in subset])
+        report |= {"bleu": scores["bleu"], "chrf": scores["chrf"]}
     return report
 
 

@@ -10,6 +10,7 @@ from s2s.cli import main
 from s2s.config import ConfigError, EvaluateConfig, PrepareConfig
 from s2s.evaluate import evaluate
 from s2s.manifest import read_manifest
+from s2s.placeholders import fidelity
 from s2s.prepare import prepare_corpus
 from s2s.scoring import score
 from s2s.shards import read_shard
@@ -35,6 +36,7 @@ def test_score_is_sacrebleus_corpus_bleu_and_chrf_with_signatures():
 def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path):
     sources = [s for s, _ in pairs]
     sources[0] = "The file is open. Close it first."  # two sentences: translated as two
+    sources[1:3] = ["Delete %s?", "<b>Warning</b>: %(name)s changed"]  # placeholders
     translator = Translator(EvaluateConfig(checkpoint=toy_checkpoint, beam=4))
     documents = translator.translate_documents(sources)
     outputs = [r.translation for r in documents]
@@ -49,6 +51,12 @@ def test_scores_are_those_of_the_engines_outputs(toy_checkpoint, pairs, tmp_path
     assert report["chrf"] == round(sacrebleu.corpus_chrf(outputs, [refs]).score, 2)
     assert report["signature"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert report["segments"] == sum(d.n_segments for d in documents) > len(sources)
+    kept = fidelity(sources, outputs)
+    assert report["placeholders"]["sentences"] == kept["sentences"] > 0
+    assert report["placeholders"]["fidelity"] == kept["fidelity"]
+    assert report["placeholders"]["reference_fidelity"] == fidelity(sources, refs)["fidelity"]
+    subset = [outputs[i] for i in kept["indices"]], [refs[i] for i in kept["indices"]]
+    assert report["placeholders"]["bleu"] == score(*subset)["bleu"]
     assert (tmp_path / "e" / "hypotheses.txt").read_text().splitlines() == outputs
     assert json.loads((tmp_path / "e" / "scores.json").read_text()) == report
 

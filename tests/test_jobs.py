@@ -1,6 +1,7 @@
 """The README's first command, as a newcomer runs it: jobs/demo.py on an embedded local Ray,
 through every stage (corpus, prepare, train, evaluate, translate)."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -58,3 +59,25 @@ def test_pipeline_job_is_the_cli_command(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last == "s2s: error: unknown config key 'train.lrr'; did you mean 'lr'?"
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_benchmarks_build_their_corpus_where_the_shared_one_is_missing(tmp_path, monkeypatch):
+    """A clean clone has no ../shared/corpus: the benchmarks build train/valid/test from this
+    machine's catalogs, the same on every run, no English string in two splits."""
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import benchcorpus
+
+    monkeypatch.setattr(benchcorpus, "SHARED", tmp_path / "absent")
+    corpus = benchcorpus.bench_corpus(tmp_path / "work", held_out=500)
+    assert corpus == tmp_path / "work" / "corpus-de"
+    splits = {}
+    for split in benchcorpus.SPLITS:
+        with gzip.open(corpus / f"{split}.tsv.gz", "rt", encoding="utf-8") as f:
+            splits[split] = [line.rstrip("\n").split("\t") for line in f]
+    assert len(splits["valid"]) == len(splits["test"]) == 500 and len(splits["train"]) >= 1000
+    sources = [{src for src, _ in rows} for rows in splits.values()]
+    assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
+    again = benchcorpus.split_pairs([tuple(p) for rows in splits.values() for p in rows], 500)
+    assert [again[s] for s in ("valid", "test")] == [
+        [tuple(p) for p in splits[s]] for s in ("valid", "test")
+    ]

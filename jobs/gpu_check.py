@@ -50,7 +50,13 @@ import torch
 from s2s import storage
 from s2s.batching import collate, token_batches
 from s2s.config import DecodeConfig, PrepareConfig, TrainConfig, TranslateConfig, model_preset
-from s2s.device import autocast, enable_tf32, native_bf16, resolve_precision
+from s2s.device import (
+    autocast,
+    enable_tf32,
+    native_bf16,
+    resolve_precision,
+    shape_stable_attention,
+)
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss
@@ -245,6 +251,7 @@ def bare_loop(model_cfg, batches, device: torch.device, precision: str, sizes: S
     torch.manual_seed(0)
     model = build_model(model_cfg).to(device).train()
     optimizer = build_optimizer(model, 1e-4)
+    shape_stable_attention(device)  # as s2s train does
     compute = autocast("bf16" if precision == "bf16" else "fp32", device)
     if device.type == "cuda":
         release(device)
@@ -511,14 +518,18 @@ class Check:
     # -- sections ----------------------------------------------------------------------------
 
     def environment(self) -> dict:
-        import ray
+        try:  # without Ray the sections that need it fail alone; the bare loop and decoding run
+            import ray
 
+            ray_version = ray.__version__
+        except ImportError:
+            ray_version = "not installed"
         env = {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "cuda": torch.version.cuda or NA,
             "cudnn": torch.backends.cudnn.version() or NA,
-            "ray": ray.__version__,
+            "ray": ray_version,
             "cpus": os.cpu_count(),
             "device": self.device.type,
             "native_bf16": native_bf16(self.device),
@@ -565,8 +576,6 @@ class Check:
             return NA
 
     def corpus(self) -> dict:
-        from s2s.prepare import prepare_corpus
-
         sizes = self.sizes
         if self.args.data:
             data = storage.absolute(self.args.data)
@@ -584,6 +593,8 @@ class Check:
         tsv.parent.mkdir(parents=True, exist_ok=True)
         tsv.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
         generated = time.perf_counter() - start
+        from s2s.prepare import prepare_corpus  # Ray: not needed with --data
+
         self.start_ray()
         self.data = str(self.work / "prepared")
         result = prepare_corpus(

@@ -47,7 +47,7 @@ from s2s.checkpoint import (
     validate_checkpoint,
 )
 from s2s.config import ConfigError, ModelConfig, TrainConfig
-from s2s.device import autocast, enable_tf32, resolve_precision
+from s2s.device import autocast, enable_tf32, resolve_precision, shape_stable_attention
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
@@ -319,6 +319,7 @@ class _Loop:
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.precision == "fp32":
             enable_tf32(self.device)
+        shape_stable_attention(self.device)  # batches change shape every step
         self.autocast = autocast(self.precision, self.device)
         # Control collectives (the clock) on the CPU: under NCCL a GPU tensor would make every
         # step wait for the device to drain before the host could read the agreed value.

@@ -158,3 +158,19 @@ def test_precision_auto_means_native_bf16_only():
         assert torch.is_autocast_enabled("cpu")
     with autocast("fp32", cpu):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_attention_stays_off_cudnn_on_cuda_only():
+    """cuDNN attention builds a graph per new shape (measured on an H200: bf16 training at 5% of
+    TF32's speed); s2s turns it off for CUDA devices and leaves the CPU's settings alone."""
+    from s2s.device import shape_stable_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        shape_stable_attention(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        shape_stable_attention(torch.device("cuda"))  # a flag: settable without a GPU
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

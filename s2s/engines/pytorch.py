@@ -12,7 +12,13 @@ import torch
 from s2s.batching import collate
 from s2s.checkpoint import load_checkpoint, validate_checkpoint
 from s2s.config import DecodeConfig
-from s2s.device import autocast, cap_memory, enable_tf32, resolve_precision
+from s2s.device import (
+    autocast,
+    cap_memory,
+    enable_tf32,
+    resolve_precision,
+    shape_stable_attention,
+)
 from s2s.search import beam_search, greedy_search
 
 __all__ = ["TorchEngine"]
@@ -47,6 +53,7 @@ class TorchEngine:
         self.precision = resolve_precision(cfg.precision, device, cpu_bf16=False)
         if self.precision == "fp32":
             enable_tf32(device)
+        shape_stable_attention(device)  # a decoder's cache grows every step: a new shape
         self.memory_left = None
         if device.type == "cuda":
             self.memory_left = _gpu_memory_left(device, fraction or 1.0)

@@ -33,7 +33,7 @@ from torch import nn
 from s2s import storage
 from s2s.config import ConfigError, ModelConfig, from_dict
 from s2s.models import build_model
-from s2s.tokenizer import TARGET_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer
+from s2s.tokenizer import TARGET_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerFiles
 
 __all__ = [
     "Checkpoint",
@@ -356,10 +356,10 @@ def average_checkpoints(run: str, last: int, output: str) -> list[str]:
     averaged = {name: (t / len(chosen)).float().contiguous() for name, t in total.items()}
     newest = chosen[-1]
     storage.write_bytes(storage.join(output, WEIGHTS), save_safetensors(averaged))
-    for name in (CONFIG, TOKENIZER, TARGET_TOKENIZER):
-        path = storage.join(newest, name)
-        if storage.exists(path):  # the target tokenizer is optional
-            storage.write_bytes(storage.join(output, name), storage.read_bytes(path))
+    storage.write_bytes(
+        storage.join(output, CONFIG), storage.read_bytes(storage.join(newest, CONFIG))
+    )
+    TokenizerFiles.read(newest).write(output)
     state = _read_state(newest)  # the newest's step and history, and what it was averaged from
     state.averaged_from = chosen
     storage.write_bytes(storage.join(output, STATE), state.to_json().encode())

@@ -70,7 +70,9 @@ def _decode_step(
     Hugging Face's bad_words_ids does; a model imported from Marian, whose decoder starts from
     its pad token, gives both real probability), and eos before ``min_len``."""
     log_probs, state = model.decode_step(prev, state)  # (rows, V)
-    log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    # Two scalar indices: a list index would copy an index tensor to the device every step.
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
     if not eos_allowed:
         log_probs[:, EOS_ID] = float("-inf")
     return log_probs, state

@@ -23,9 +23,9 @@ import tempfile
 import torch
 
 from s2s import storage
-from s2s.checkpoint import TARGET_TOKENIZER, TOKENIZER, load_checkpoint, validate_checkpoint
+from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
 from s2s.config import ConfigError, DecodeConfig
-from s2s.tokenizer import BOS_ID, PAD_ID, Tokenizer
+from s2s.tokenizer import BOS_ID, PAD_ID, TokenizerFiles
 
 __all__ = [
     "CTranslate2Engine",
@@ -78,11 +78,7 @@ class CTranslate2Engine:
             intra_threads=torch.get_num_threads(),
         )
         self.precision = self.translator.compute_type  # what it computes in after fallbacks
-        self.tokenizer = _tokenizer(exported, TOKENIZER)
-        target = storage.join(exported, TARGET_TOKENIZER)
-        self.target_tokenizer = (
-            _tokenizer(exported, TARGET_TOKENIZER) if storage.exists(target) else self.tokenizer
-        )
+        self.tokenizer, self.target_tokenizer = TokenizerFiles.read(exported).load(name=exported)
         # Pad and bos are never output (as in s2s.search): CTranslate2 rules them out by piece.
         self._never = [[piece] for piece in self.tokenizer.id_to_piece([PAD_ID, BOS_ID])]
         self.model_id = f"{info['model_id']}+ct2"
@@ -122,10 +118,6 @@ class CTranslate2Engine:
             self.target_tokenizer.piece_to_id(r.hypotheses[0][:limit])
             for r, limit in zip(results, limits)
         ]
-
-
-def _tokenizer(exported: str, name: str) -> Tokenizer:
-    return Tokenizer(storage.read_bytes(storage.join(exported, name)), name=exported)
 
 
 def _warn_unsupported_compute_type(compute_type: str, info: dict, device: torch.device) -> None:
@@ -211,10 +203,7 @@ def export_ctranslate2(checkpoint: str, output: str, quantization: str | None = 
         for name in os.listdir(tmp):
             with open(os.path.join(tmp, name), "rb") as f:
                 storage.write_bytes(storage.join(output, name), f.read())
-    for name in (TOKENIZER, TARGET_TOKENIZER):
-        path = storage.join(checkpoint, name)
-        if storage.exists(path):  # the target side's is optional
-            storage.write_bytes(storage.join(output, name), storage.read_bytes(path))
+    TokenizerFiles.read(checkpoint).write(output)  # and the target side's, where it has one
     info = {
         "model_id": ckpt.model_id,
         "source": checkpoint,

@@ -283,6 +283,12 @@ def format_translate_summary(summary: dict) -> str:
         f"  {summary['documents_per_s']:,.1f} documents/s, {summary['sentences_per_s']:,.1f} "
         f"sentences/s, {summary['tokens_per_s']:,.0f} tokens/s in {summary['seconds']:.1f} s",
     ]
+    placeholders = summary["placeholders"]
+    if placeholders["sentences"]:
+        lines.append(
+            f"  {placeholders['sentences']:,} sentences with placeholders, "
+            f"{placeholders['lost']:,} of them not kept (rows: placeholders_lost)"
+        )
     lines += [f"  error: {sample}" for sample in summary["error_samples"][:5]]
     lines += [f"  FAILED {f['input']}: {f['error']}" for f in inputs["failed"]]
     return "\n".join(lines)

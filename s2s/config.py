@@ -15,6 +15,7 @@ import difflib
 import functools
 import math
 import numbers
+import re
 import sys
 import types
 import typing
@@ -90,6 +91,12 @@ class PrepareConfig:
     character_coverage: float = 0.9995
     # Pairs; bounds the trainer's memory (and time: ~4 s on 2 cores) whatever the corpus size.
     tokenizer_sample: int = 100_000
+    # Placeholders (printf and Python formats, markup, entities, escapes: s2s.placeholders) found
+    # on both sides of a pair are encoded as numbered sentinels, which a tokenizer trained here
+    # holds as single pieces: the model learns to copy them, and translate puts the spans back.
+    protect_placeholders: bool = True
+    # A regex of further spans to protect, tried before the built-in ones: '\$\w+' for $name.
+    placeholder_pattern: str = ""
 
     # Splits carved by a hash of the normalised source: a value >= 1 is a number of distinct
     # source sentences, a value < 1 a fraction of them.
@@ -119,6 +126,7 @@ class PrepareConfig:
                 "must pair up one to one"
             )
         _check_bounds(self)
+        _check_pattern(self.placeholder_pattern)
         valid, test = self.valid_size, self.test_size
         if valid < 1 and test < 1 and valid + test >= 1:
             raise ConfigError(
@@ -373,11 +381,19 @@ class DecodeConfig:
     # TF32 matmuls on a GPU); fp32 on CPUs, where bf16 decoding is not measured faster.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
+    # Placeholders are masked by sentinels before decoding and put back after (for models whose
+    # tokenizer holds the sentinels: any prepared with protect_placeholders, the default); a
+    # sentence whose sentinels do not come back exactly once each is translated again unmasked.
+    # Either way a sentence that lost some is counted in its row's placeholders_lost.
+    protect_placeholders: bool = True
+    # A regex of further spans to protect, as in prepare.
+    placeholder_pattern: str = ""
 
     def validate(self) -> None:
         if not self.checkpoint:
             raise ConfigError("needs --checkpoint URI (a checkpoint directory)")
         _check_bounds(self)  # a TranslateConfig's or EvaluateConfig's own settings too
+        _check_pattern(self.placeholder_pattern)
         if self.compute_type in GPU_COMPUTE_TYPES and not self.use_gpu:
             raise ConfigError(
                 f"compute_type={self.compute_type} runs on a GPU only (CTranslate2 would quietly "
@@ -586,6 +602,20 @@ def numeric_bounds(cls: type) -> dict[str, Bounds]:
     for base in reversed(cls.__mro__):
         merged.update(_BOUNDS.get(base, {}))
     return merged
+
+
+def _check_pattern(pattern: str) -> None:
+    """Refuse a placeholder_pattern that is no regex, or that matches an empty span."""
+    if not pattern:
+        return
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(
+            f"placeholder_pattern {pattern!r} is no regular expression: {err}"
+        ) from None
+    if compiled.fullmatch(""):
+        raise ConfigError(f"placeholder_pattern {pattern!r} matches empty text; it must not")
 
 
 def _check_bounds(cfg: Any, prefix: str = "") -> None:

@@ -3,7 +3,9 @@ into pieces, reading one piece's documents, and writing results.
 
 Contract (shared/DESIGN.md): one output file per input file, named after it, one row per input
 document in input order, with the input's id column, ``translation``, ``n_segments``, ``error``
-(null when fine), ``model``, plus ``warning`` and optionally ``source``.
+(null when fine), ``model``, plus ``warning``, ``placeholders_lost`` (sentences whose
+translation does not keep their source's placeholders: 0 when all are kept) and optionally
+``source``.
 
 A *piece* is a byte range of a JSONL file (whole lines: a line belongs to the piece it starts
 in), a run of Parquet row groups, or a whole text file (or a whole small Parquet file). Pieces are
@@ -337,6 +339,7 @@ def result_table(id_column: str, columns: dict[str, list], keep_source: bool) ->
         ("n_segments", pa.int32()),
         ("error", pa.string()),
         ("warning", pa.string()),
+        ("placeholders_lost", pa.int32()),
         ("model", pa.string()),
     ] + ([("source", pa.string())] if keep_source else [])
     return pa.table({name: pa.array(columns[name], type) for name, type in fields})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pyarrow.compute as pc
@@ -23,7 +24,7 @@ from s2s.config import ConfigError, EvaluateConfig
 from s2s.corpus import ReadUnit, check_parquet_columns, detect_format, read_unit
 from s2s.engines import engine_model_id
 from s2s.manifest import MANIFEST_NAME, read_manifest
-from s2s.placeholders import fidelity
+from s2s.placeholders import fidelity, placeholder_pattern
 from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.translator import DocumentResult, Translator
@@ -89,7 +90,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "sentences": len(sources),
         "segments": sum(r.n_segments for r in results),  # sentences after splitting
         **score(hypotheses, references),
-        "placeholders": _placeholder_report(sources, hypotheses, references),
+        "placeholders": _placeholder_report(
+            sources, hypotheses, references, placeholder_pattern(cfg.placeholder_pattern)
+        ),
         "failed_sentences": sum(r.error is not None for r in results),
         "beam": cfg.beam,
         "length_penalty": cfg.length_penalty,
@@ -108,14 +111,16 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     return report
 
 
-def _placeholder_report(sources: list[str], hypotheses: list[str], references: list[str]) -> dict:
+def _placeholder_report(
+    sources: list[str], hypotheses: list[str], references: list[str], pattern: re.Pattern
+) -> dict:
     """Placeholder fidelity (:mod:`s2s.placeholders`) of the hypotheses, and of the references
     (what a human kept: the ceiling), with BLEU and chrF on the sentences that hold any."""
-    ours = fidelity(sources, hypotheses)
+    ours = fidelity(sources, hypotheses, pattern)
     report = {
         "sentences": ours["sentences"],
         "fidelity": ours["fidelity"],
-        "reference_fidelity": fidelity(sources, references)["fidelity"],
+        "reference_fidelity": fidelity(sources, references, pattern)["fidelity"],
     }
     if ours["indices"]:
         subset = ours["indices"]

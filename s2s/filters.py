@@ -8,12 +8,14 @@ names; the manifest counts them.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from s2s.placeholders import mask_pair
 from s2s.tokenizer import Tokenizer
 
 __all__ = [
@@ -198,6 +200,7 @@ def tokenize_records(
     max_ratio: float,
     ratio_min_tokens: int,
     target_tokenizer: Tokenizer | None = None,
+    placeholders: re.Pattern | None = None,
 ) -> pa.Table:
     """Encode the kept records and apply the token-length filters.
 
@@ -205,6 +208,8 @@ def tokenize_records(
         records: cleaned records (see :func:`clean_records`).
         tokenizer: the corpus' SentencePiece model...
         target_tokenizer: ...and the targets', where they have their own (None: the same).
+        placeholders: where given, the placeholders found on both sides of a pair are encoded
+            as sentinels (:func:`s2s.placeholders.mask_pair`); the text columns keep them.
 
     Returns:
         ``records`` plus ``src_ids``/``tgt_ids`` (list<int32>, no bos/eos; empty for dropped
@@ -212,8 +217,12 @@ def tokenize_records(
     """
     idx = np.flatnonzero(records["reason"].is_null().to_numpy(zero_copy_only=False))
     ok = records if len(idx) == len(records) else records.take(idx)
-    src_ids, src_len = tokenizer.encode_arrow(ok["src"].to_pylist())
-    tgt_ids, tgt_len = (target_tokenizer or tokenizer).encode_arrow(ok["tgt"].to_pylist())
+    src, tgt = ok["src"].to_pylist(), ok["tgt"].to_pylist()
+    if placeholders is not None:
+        pairs = [mask_pair(s, t, placeholders) for s, t in zip(src, tgt)]
+        src, tgt = [s.text for s, _ in pairs], [t.text for _, t in pairs]
+    src_ids, src_len = tokenizer.encode_arrow(src)
+    tgt_ids, tgt_len = (target_tokenizer or tokenizer).encode_arrow(tgt)
     reason = np.array(records["reason"].to_pylist(), dtype=object)
     reason[idx] = length_reasons(src_len, tgt_len, max_len, max_ratio, ratio_min_tokens)
     if len(idx) < len(records):

@@ -55,6 +55,7 @@ from s2s.manifest import (
     finish_prepare,
     prepare_lease,
 )
+from s2s.placeholders import SENTINELS, mask_pair, placeholder_pattern
 from s2s.poison import describe, isolate_rows
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
@@ -134,9 +135,14 @@ def prepare_corpus(cfg: PrepareConfig) -> PrepareResult:
                 "training a %s tokenizer on %d pairs", cfg.tokenizer_type, len(sketch.sample_src)
             )
             trained = _train_remote.remote(
-                sketch.sentences(), cfg.vocab_size, cfg.tokenizer_type, cfg.character_coverage
+                _tokenizer_sample(sketch, cfg),
+                cfg.vocab_size,
+                cfg.tokenizer_type,
+                cfg.character_coverage,
+                SENTINELS if cfg.protect_placeholders else (),
             )
             tokenizers = TokenizerFiles(ray.get(trained))
+        cfg = dataclasses.replace(cfg, protect_placeholders=_protects(cfg, tokenizers))
         # Nothing was written so far: a failure up to here leaves the output as it was.
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         begin_prepare(cfg.output, {"by": lease.owner, "s2s": __version__, "started": started})
@@ -309,8 +315,35 @@ def _split_plan(cfg: PrepareConfig, sketch: CorpusSketch | None) -> SplitPlan:
 
 
 @ray.remote(num_cpus=1)
-def _train_remote(sentences: list[str], vocab_size: int, model_type: str, coverage: float) -> bytes:
-    return train_tokenizer(sentences, vocab_size, model_type, coverage)
+def _train_remote(
+    sentences: list[str], vocab_size: int, model_type: str, coverage: float, symbols: tuple
+) -> bytes:
+    return train_tokenizer(sentences, vocab_size, model_type, coverage, user_symbols=symbols)
+
+
+def _tokenizer_sample(sketch: CorpusSketch, cfg: PrepareConfig) -> list[str]:
+    """Both sides of the sampled pairs, masked as the shards will be: the vocabulary is learnt
+    on the text the model sees."""
+    if not cfg.protect_placeholders:
+        return sketch.sentences()
+    pattern = placeholder_pattern(cfg.placeholder_pattern)
+    pairs = [mask_pair(s, t, pattern) for s, t in zip(sketch.sample_src, sketch.sample_tgt)]
+    return [s.text for s, _ in pairs] + [t.text for _, t in pairs]
+
+
+def _protects(cfg: PrepareConfig, tokenizers: TokenizerFiles) -> bool:
+    """Whether this corpus' placeholders are masked: asked for, and a tokenizer that holds the
+    sentinels (one this prepare trained does; a given one may not: a Marian import, a model
+    from elsewhere, or one trained with protection off)."""
+    if not cfg.protect_placeholders:
+        return False
+    if all(t.has_pieces(SENTINELS) for t in tokenizers.load()):
+        return True
+    log.warning(
+        "%s has no placeholder sentinels: placeholders are not protected in this corpus",
+        cfg.tokenizer,
+    )
+    return False
 
 
 @functools.lru_cache(maxsize=2)
@@ -342,7 +375,13 @@ def _tokenize_and_write(
     source, target = _tokenizers(tokenizers)
     records = isolate_rows(
         lambda rows: tokenize_records(
-            rows, source, cfg.max_len, cfg.max_ratio, cfg.ratio_min_tokens, target
+            rows,
+            source,
+            cfg.max_len,
+            cfg.max_ratio,
+            cfg.ratio_min_tokens,
+            target,
+            placeholder_pattern(cfg.placeholder_pattern) if cfg.protect_placeholders else None,
         ),
         records,
         _unprocessable(unit_names),
@@ -427,6 +466,11 @@ def _manifest(
     }
     if tokenizers.target is not None:  # the target side segments with its own model
         tokenizer["target_file"] = TARGET_TOKENIZER_FILE
+    if cfg.protect_placeholders:  # the train and valid/test ids hold sentinels; the text does not
+        tokenizer["placeholders"] = {
+            "sentinels": list(SENTINELS),
+            "pattern": cfg.placeholder_pattern,
+        }
     kept = sum(stats.kept.values())
     shards = {split: [s for s in stats.shards if s["split"] == split] for split in stats.kept}
     return {

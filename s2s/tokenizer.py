@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +50,12 @@ def train_tokenizer(
     model_type: str = "unigram",
     character_coverage: float = 0.9995,
     num_threads: int | None = None,
+    user_symbols: Sequence[str] = (),
 ) -> bytes:
     """Train a SentencePiece model on ``sentences`` (a sample: all of it is held in memory).
+
+    ``user_symbols`` become pieces of their own wherever they occur (the placeholder sentinels,
+    :data:`s2s.placeholders.SENTINELS`), counted in ``vocab_size``.
 
     The vocabulary size is a soft limit for the unigram model, so a small corpus yields a smaller
     vocabulary instead of an error; the model's own ``vocab_size`` tells what came out.
@@ -85,6 +89,7 @@ def train_tokenizer(
             max_sentence_length=1 << 16,  # bytes; the default 4192 skips longer sentences
             num_threads=num_threads or os.cpu_count() or 1,
             minloglevel=2,  # errors only
+            user_defined_symbols=list(user_symbols),
         )
     except RuntimeError as err:
         raise ConfigError(f"SentencePiece training failed: {err}; adjust vocab_size") from None
@@ -134,6 +139,10 @@ class Tokenizer:
 
     def piece_to_id(self, pieces: list[str]) -> list[int]:
         return self._sp.piece_to_id(pieces)
+
+    def has_pieces(self, pieces: Sequence[str]) -> bool:
+        """Whether each of ``pieces`` is a piece of the vocabulary (not read as ``<unk>``)."""
+        return UNK_ID not in self._sp.piece_to_id(list(pieces))
 
     def encode_arrow(self, texts: list[str]) -> tuple[pa.ListArray, np.ndarray]:
         """Encode a batch into an Arrow ``list<int32>`` column without per-token Python objects.

@@ -51,6 +51,7 @@ from s2s.device import autocast, enable_tf32, resolve_precision, shape_stable_at
 from s2s.manifest import read_manifest
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss, lr_multiplier
+from s2s.placeholders import mask_pair, placeholder_pattern, restore, strip_sentinels
 from s2s.runlog import CURVES_NAME, METRICS_NAME, plot_curves, read_metrics, write_metrics
 from s2s.sampler import DataDigest, EpochPlan, steps
 from s2s.scoring import score
@@ -158,13 +159,17 @@ def _trainer(
     )
 
 
-def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[tuple[list[int], list[int], str]]:
-    """The first ``eval_sentences`` valid pairs: (source ids, target ids, reference text)."""
-    subset: list[tuple[list[int], list[int], str]] = []
+def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[ValidPair]:
+    """The first ``eval_sentences`` valid pairs."""
+    protected = manifest["tokenizer"].get("placeholders")  # None: ids hold no sentinels
+    pattern = placeholder_pattern(protected["pattern"]) if protected else None
+    columns = ("src_ids", "tgt_ids", "tgt", "src")
+    subset: list[ValidPair] = []
     for shard in manifest["shards"].get("valid", []):
-        table = read_shard(cfg.data, shard["path"], ["src_ids", "tgt_ids", "tgt"])
-        for src, tgt, ref in zip(*(table[c].to_pylist() for c in ("src_ids", "tgt_ids", "tgt"))):
-            subset.append((src, tgt, ref))
+        table = read_shard(cfg.data, shard["path"], list(columns))
+        for src_ids, tgt_ids, ref, src in zip(*(table[c].to_pylist() for c in columns)):
+            spans = mask_pair(src, ref, pattern)[0].spans if pattern else ()
+            subset.append(ValidPair(src_ids, tgt_ids, ref, spans))
             if len(subset) >= cfg.eval_sentences:
                 return subset
     return subset
@@ -265,6 +270,16 @@ def _log_to_stderr() -> None:
 
 
 @dataclass
+class ValidPair:
+    """A validation pair as the loop scores it: ids (no bos/eos) and the reference text."""
+
+    src_ids: list[int]
+    tgt_ids: list[int]
+    reference: str
+    spans: tuple[str, ...]  # the placeholders src_ids holds as sentinels, in sentinel order
+
+
+@dataclass
 class _Setup:
     """What one worker trains with, built by :func:`_train_worker` and run by :class:`_Loop`."""
 
@@ -276,7 +291,7 @@ class _Setup:
     world: int  # workers in this session of the run (an elastic run's may change on restart)
     device: torch.device
     tokenizers: TokenizerFiles  # the corpus', saved in checkpoints
-    valid: list[tuple[list[int], list[int], str]]  # (source ids, target ids, reference text)
+    valid: list[ValidPair]
 
 
 @dataclass
@@ -479,7 +494,7 @@ class _Loop:
         with torch.inference_mode():
             for i in range(0, len(self.valid), 64):
                 chunk = self.valid[i : i + 64]
-                batch = collate([(s, t) for s, t, _ in chunk])
+                batch = collate([(pair.src_ids, pair.tgt_ids) for pair in chunk])
                 src = batch["src"].to(self.device)
                 _, part, n = label_smoothed_loss(
                     model(src, batch["tgt_in"].to(self.device)),
@@ -488,7 +503,9 @@ class _Loop:
                 )
                 nll, tokens = nll + float(part), tokens + int(n)
                 hyps += self.tokenizer.decode(greedy_search(model, src))
-        scores = score(hyps, [r for _, _, r in self.valid])  # what `s2s evaluate` reports
+        # Sentinels back to their spans, as translate does (a mismatch: dropped, not retried).
+        hyps = [restore(h, p.spans) or strip_sentinels(h) for h, p in zip(hyps, self.valid)]
+        scores = score(hyps, [p.reference for p in self.valid])  # what `s2s evaluate` reports
         return {
             "valid_ppl": round(math.exp(min(nll / max(tokens, 1), 50)), 2),
             "bleu": scores["bleu"],

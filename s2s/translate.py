@@ -293,6 +293,11 @@ def _run_summary(
         "sentences": counts.sentences,
         "src_tokens": counts.src_tokens,
         "tgt_tokens": counts.tgt_tokens,
+        # Sentences whose source holds placeholders, and those whose translation lost some.
+        "placeholders": {
+            "sentences": counts.placeholder_sentences,
+            "lost": counts.placeholders_lost,
+        },
         "planning_s": round(totals.planning_s, 2),  # until work is handed to Ray
         "seconds": round(seconds, 2),
         "documents_per_s": round(counts.documents / seconds, 2),
@@ -346,6 +351,8 @@ _DECODE_SETTINGS = (
     "max_len_b",
     "max_input_tokens",
     "precision",
+    "protect_placeholders",
+    "placeholder_pattern",
     "max_document_chars",
     "id_column",
     "text_column",

@@ -29,6 +29,15 @@ import torch
 from s2s.config import DecodeConfig
 from s2s.engines import load_engine
 from s2s.filters import normalize_text
+from s2s.placeholders import (
+    SENTINELS,
+    Masked,
+    mask,
+    placeholder_pattern,
+    placeholders,
+    restore,
+    strip_sentinels,
+)
 from s2s.poison import describe, isolate
 from s2s.segment import join_document, split_document
 
@@ -76,6 +85,9 @@ class SentenceResult:
     tgt_tokens: int
     parts: int = 1  # > 1: the sentence was longer than max_input_tokens and cut
     error: str | None = None
+    # Whether the translation holds exactly the source's placeholders (s2s.placeholders); None
+    # when the source has none or the sentence failed.
+    placeholders_kept: bool | None = None
 
 
 @dataclass
@@ -88,6 +100,8 @@ class DocumentResult:
     warning: str | None = None  # translated, but with a caveat (a sentence was cut, ...)
     src_tokens: int = 0
     tgt_tokens: int = 0
+    placeholder_sentences: int = 0  # sentences whose source holds placeholders...
+    placeholders_lost: int = 0  # ...and of those, the ones whose translation does not keep them
 
 
 def batch_order(lengths: Sequence[int], max_tokens: int, max_sentences: int) -> list[np.ndarray]:
@@ -181,6 +195,21 @@ class Translator:
         self.max_input_tokens = cfg.max_input_tokens
         if self.max_len_cap:  # a source and its eos must fit the positions too
             self.max_input_tokens = min(self.max_input_tokens, self.max_len_cap - 1)
+        self.placeholders = placeholder_pattern(cfg.placeholder_pattern)
+        # Masking needs a model that has learnt to copy sentinels: one whose tokenizers hold
+        # them. Such a model may write sentinels even where none was given: they are removed.
+        self.sentinels = all(
+            t.has_pieces(SENTINELS) for t in (self.tokenizer, self.target_tokenizer)
+        )
+        self.protect = cfg.protect_placeholders and self.sentinels
+        self.masked_sentences = 0  # so far: sentences translated with masked placeholders...
+        self.unmasked_retries = 0  # ...and those translated again because a sentinel was lost
+        if cfg.protect_placeholders and not self.protect:
+            log.info(
+                "%s was trained without placeholder sentinels: placeholders are checked (the "
+                "rows' placeholders_lost), not protected",
+                self.model_id,
+            )
 
     # -- sentences ---------------------------------------------------------------------------
 
@@ -188,10 +217,46 @@ class Translator:
         """Translate sentences (any order, any lengths); results come back in input order.
 
         Text is normalised as prepare normalised the training data (NFC, no control characters,
-        single spaces). A sentence longer than ``max_input_tokens`` is cut into parts translated
-        one by one and joined with a space.
+        single spaces). With ``protect``, placeholders are masked by sentinels and put back after
+        decoding; a sentence whose sentinels do not all come back exactly once is translated
+        again unmasked. Each result says whether its placeholders were kept.
         """
         clean = normalize_text(pa.array(list(sentences), pa.string())).to_pylist()
+        masked = [mask(text, self.placeholders) if self.protect else Masked(text) for text in clean]
+        results = self._translate_texts([m.text for m in masked])
+        retry = []
+        for i, (m, result) in enumerate(zip(masked, results)):
+            if result.translation is None:
+                continue
+            if not m.spans:
+                result.translation = self._without_sentinels(clean[i], result.translation)
+            elif (restored := restore(result.translation, m.spans)) is None:
+                retry.append(i)
+            else:
+                result.translation = restored
+        for i, result in zip(retry, self._translate_texts([clean[i] for i in retry])):
+            if result.translation is not None:
+                result.translation = self._without_sentinels(clean[i], result.translation)
+            results[i] = result
+        self.masked_sentences += sum(bool(m.spans) for m in masked)
+        self.unmasked_retries += len(retry)
+        if retry:
+            log.debug("%d sentences translated again without masks", len(retry))
+        for text, result in zip(clean, results):
+            if result.translation is not None and self.placeholders.search(text):
+                kept = placeholders(text, self.placeholders)
+                result.placeholders_kept = kept == placeholders(
+                    result.translation, self.placeholders
+                )
+        return results
+
+    def _without_sentinels(self, source: str, translation: str) -> str:
+        """A translation of an unmasked ``source`` holds no sentinel the source did not."""
+        return strip_sentinels(translation, source) if self.sentinels else translation
+
+    def _translate_texts(self, clean: list[str]) -> list[SentenceResult]:
+        """Translate normalised sentences. A sentence longer than ``max_input_tokens`` is cut
+        into parts translated one by one and joined with a space."""
         encoded = self.tokenizer.encode(clean, num_threads=-1)
         # Every model input ("unit") is a sentence or a piece of a too-long one; owner[u] is the
         # sentence unit u belongs to.
@@ -325,6 +390,8 @@ class Translator:
                 warning=self._warning(texts[i], mine, translation),
                 src_tokens=sum(r.src_tokens for r in mine),
                 tgt_tokens=sum(r.tgt_tokens for r in mine),
+                placeholder_sentences=sum(r.placeholders_kept is not None for r in mine),
+                placeholders_lost=sum(r.placeholders_kept is False for r in mine),
             )
         return results
 
@@ -341,6 +408,9 @@ class Translator:
             )
         if translation is not None and not translation.strip() and text.strip():
             warnings.append("empty translation of a non-empty text")
+        lost = sum(r.placeholders_kept is False for r in mine)
+        if lost:
+            warnings.append(f"{lost} sentences did not keep their placeholders")
         return "; ".join(warnings) or None
 
 

@@ -48,6 +48,8 @@ class DocumentCounts:
     sentences: int = 0
     src_tokens: int = 0
     tgt_tokens: int = 0
+    placeholder_sentences: int = 0  # sentences whose source holds placeholders...
+    placeholders_lost: int = 0  # ...and whose translation does not keep them
     blank_lines: int = 0  # blank JSONL lines: skipped, no document
 
     def add(self, other: DocumentCounts) -> None:
@@ -177,6 +179,7 @@ class PieceTranslator:
                 "; ".join(w for w in (read_warning, r.warning) if w) or None
                 for r, read_warning in zip(results, docs.warnings)
             ],
+            "placeholders_lost": [r.placeholders_lost for r in results],
             "model": [self.translator.model_id] * len(results),
             "source": [t if isinstance(t, str) else None for t in docs.texts],
         }
@@ -233,6 +236,8 @@ def _piece_summary(
         sentences=sum(r.n_segments for r in results),
         src_tokens=sum(r.src_tokens for r in results),
         tgt_tokens=sum(r.tgt_tokens for r in results),
+        placeholder_sentences=sum(r.placeholder_sentences for r in results),
+        placeholders_lost=sum(r.placeholders_lost for r in results),
         blank_lines=docs.blank_lines,
     )
     return summary

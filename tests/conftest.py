@@ -222,10 +222,13 @@ def toy_checkpoint(tmp_path_factory, gettext_pairs) -> str:
     from s2s.config import model_preset
     from s2s.models import build_model
     from s2s.objective import build_optimizer, label_smoothed_loss
+    from s2s.placeholders import SENTINELS, mask_pair
     from s2s.tokenizer import Tokenizer, train_tokenizer
 
-    pairs = gettext_pairs[:4000]
-    proto = train_tokenizer([s for p in pairs for s in p], vocab_size=600)
+    # Placeholders masked as prepare masks them by default (protect_placeholders).
+    pairs = [mask_pair(s, t) for s, t in gettext_pairs[:4000]]
+    pairs = [(s.text, t.text) for s, t in pairs]
+    proto = train_tokenizer([s for p in pairs for s in p], vocab_size=600, user_symbols=SENTINELS)
     tokenizer = Tokenizer(proto)
     sources = tokenizer.encode([s for s, _ in pairs])
     targets = tokenizer.encode([t for _, t in pairs])

@@ -214,7 +214,8 @@ def test_translate_reader_gives_every_document_a_row(tmp_path, lines):
     columns = {
         "id": docs.ids, "translation": [t if isinstance(t, str) else None for t in docs.texts],
         "n_segments": [1] * documents, "error": docs.errors, "warning": docs.warnings,
-        "model": ["m"] * documents, "source": [None] * documents,
+        "placeholders_lost": [0] * documents, "model": ["m"] * documents,
+        "source": [None] * documents,
     }  # fmt: skip
     assert result_table("id", columns, keep_source=False).num_rows == documents
 

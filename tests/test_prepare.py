@@ -13,13 +13,16 @@ from s2s import storage
 from s2s.config import ConfigError, PrepareConfig
 from s2s.filters import split_key
 from s2s.manifest import read_manifest
+from s2s.placeholders import SENTINELS, mask_pair
 from s2s.prepare import prepare_corpus
 from s2s.shards import read_shard
 from s2s.tokenizer import Tokenizer
 
 
 def read_pairs(root: str, manifest: dict) -> dict[str, list[tuple[str, str]]]:
-    """Decode every shard the manifest lists back to text pairs, per split."""
+    """Decode every shard the manifest lists back to text pairs, per split: with placeholders
+    as the ids hold them (masked, see :func:`masked`, where the manifest says so)."""
+    protected = "placeholders" in manifest["tokenizer"]
     tokenizer = Tokenizer(storage.read_bytes(storage.join(root, "tokenizer.model")))
     out = {}
     for split, shards in manifest["shards"].items():
@@ -30,8 +33,9 @@ def read_pairs(root: str, manifest: dict) -> dict[str, list[tuple[str, str]]]:
             assert table["src_len"].to_pylist() == [len(x) for x in table["src_ids"].to_pylist()]
             src = tokenizer.decode(table["src_ids"].to_pylist())
             tgt = tokenizer.decode(table["tgt_ids"].to_pylist())
-            if split != "train":  # evaluation splits keep the text for BLEU
-                assert table["src"].to_pylist() == src and table["tgt"].to_pylist() == tgt
+            if split != "train":  # evaluation splits keep the text, unmasked, for BLEU
+                text = list(zip(table["src"].to_pylist(), table["tgt"].to_pylist()))
+                assert (masked(text) if protected else text) == list(zip(src, tgt))
             pairs += list(zip(src, tgt))
         out[split] = pairs
     return out
@@ -106,12 +110,24 @@ def test_every_line_is_accounted_for(prepared_local, mixed_inputs):
     assert sum(counts["kept"].values()) == len(good)
 
 
+def masked(pairs) -> list[tuple[str, str]]:
+    """Pairs as prepare encodes them by default: placeholders on both sides as sentinels."""
+    return [(s.text, t.text) for s, t in (mask_pair(*pair) for pair in pairs)]
+
+
 def test_shards_hold_each_kept_pair_exactly_once(prepared_local, mixed_inputs):
     _, good, _ = mixed_inputs
     manifest = prepared_local.manifest
     by_split = read_pairs(prepared_local.output, manifest)
     everything = [p for pairs in by_split.values() for p in pairs]
-    assert Counter(everything) == Counter(good)
+    assert Counter(everything) == Counter(masked(good))
+    # Placeholders protected: the tokenizer holds the sentinels, the ids of pairs with
+    # placeholders on both sides hold them, and the manifest says so.
+    assert sum("｟1｠" in s for s, _ in by_split["train"]) > 100
+    assert Tokenizer(storage.read_bytes(f"{prepared_local.output}/tokenizer.model")).has_pieces(
+        SENTINELS
+    )
+    assert manifest["tokenizer"]["placeholders"] == {"sentinels": list(SENTINELS), "pattern": ""}
     assert {k: len(v) for k, v in by_split.items()} == manifest["counts"]["kept"]
     on_disk = {
         f.uri[len(prepared_local.output) + 1 :]
@@ -184,8 +200,8 @@ def test_s3_in_and_out_with_explicit_valid(ray_local, bucket, prepared_local, ge
     assert counts["dropped"].get("overlaps_eval") == 50
     assert manifest["tokenizer"]["source"] == tokenizer
     by_split = read_pairs(f"{bucket}/prepared", manifest)
-    assert set(by_split["valid"]) == set(valid)
-    assert not set(by_split["train"]) & set(valid)
+    assert set(by_split["valid"]) == set(masked(valid))  # the given tokenizer has the sentinels
+    assert not set(by_split["train"]) & set(masked(valid))
 
     with pytest.raises(ConfigError, match="is not empty; pass --overwrite"):
         prepare_corpus(cfg)

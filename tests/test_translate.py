@@ -37,6 +37,7 @@ GOOD = [
     "Print the document.\n\nClose the window.",
     "Settings",
     "Delete the selected files?",
+    "Delete %s? <b>Yes</b>",  # placeholders: masked, restored, counted
 ]
 
 
@@ -115,6 +116,7 @@ def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoin
             "n_segments",
             "error",
             "warning",
+            "placeholders_lost",
             "model",
             "source",
         }
@@ -127,7 +129,9 @@ def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoin
         if want.get("warning"):
             assert want["warning"] in row["warning"]
         if "text" in want:  # a good document: the job translates as the engine does alone
-            assert row["translation"] == alone[GOOD.index(want["text"])].translation
+            same = alone[GOOD.index(want["text"])]
+            assert row["translation"] == same.translation
+            assert row["placeholders_lost"] == same.placeholders_lost
             assert row["source"] == want["text"]
     assert rows[0]["model"].startswith("checkpoint@step")
     assert rows[2]["translation"].count("\n\n") == 1  # layout kept
@@ -145,6 +149,11 @@ def test_translate_every_row_once_with_errors_where_due(ray_local, toy_checkpoin
     assert summary["documents"] == summary["rows_written"] == len(expect) + 3 + 1
     assert summary["errors"] == sum(bool(w.get("error")) for w in expect) + 1
     assert summary["blank_lines_skipped"] == 1
+    assert summary["placeholders"] == {
+        "sentences": 6 * sum(r.placeholder_sentences for r in alone),
+        "lost": sum(r["placeholders_lost"] for r in rows + table + letter),
+    }
+    assert summary["placeholders"]["sentences"] == 6  # "Delete %s? <b>Yes</b>": one sentence
     assert json.loads(storage.read_bytes(f"{bucket}/out/_run.json")) == summary
     assert not storage.expand(f"{bucket}/out/_work")  # pieces are gone once outputs exist
 
@@ -357,7 +366,7 @@ def test_finishing_an_input_twice_changes_nothing(tmp_path):
         assert len(pieces) == (3 if source.format == "jsonl" else 1)
         for piece in pieces:
             rows = read_piece(source, piece, "id", "text")
-            n, columns = len(rows.ids), ("error", "warning", "model")
+            n, columns = len(rows.ids), ("error", "warning", "placeholders_lost", "model")
             table = {"id": rows.ids, "translation": rows.texts, "n_segments": [1] * n}
             write_work(
                 result_table("id", table | {c: [None] * n for c in columns}, False), piece.work

@@ -4,7 +4,8 @@ Measured side by side in one run on this machine, on the same text:
 
 * raw: SentencePiece encodes every source and target sentence (num_threads = all cores) with the
   same model prepare produced; nothing else (no reading, cleaning, dedup, writing), with Ray shut
-  down so that it has the machine to itself (best of two runs);
+  down so that it has the machine to itself (best of two runs), on the 1x and on the grown
+  corpus: each prepare run is compared with the raw encode of its own corpus;
 * prepare: the whole Ray Data job, end to end, with the tokenizer given (--tokenizer) and with
   the tokenizer trained on a sample (two passes);
 * peak private memory (RssAnon) of all processes of the job (driver, raylet, workers), summed,
@@ -88,27 +89,30 @@ def main() -> None:
     model = work / "prep-train" / "tokenizer.model"
     ray.shutdown()  # the baseline runs alone: nothing else on the cores
     raw_s, n = min(raw_encode(small, model) for _ in range(2))
+    raw_large_s, n_large = min(raw_encode(large, model) for _ in range(2))
     assert manifest["counts"]["read"] == n
 
     ray.init()
     baseline_rss = tree_rss(os.getpid())
     given_s, rss_1x, _ = run_prepare(small, work / "prep-given", str(model))
-    large_s, rss_5x, _ = run_prepare(large, work / "prep-large", str(model))
+    large_s, rss_5x, large_manifest = run_prepare(large, work / "prep-large", str(model))
+    assert large_manifest["counts"]["read"] == n_large
 
+    grown = f"{args.growth}x corpus"
+    # (name, pairs, seconds, peak RSS, seconds of the raw encode of the same corpus)
     rows = [
-        ("raw SentencePiece encode (all cores)", n, raw_s, None),
-        ("s2s prepare, tokenizer given", n, given_s, rss_1x),
-        ("s2s prepare, tokenizer trained", n, train_s, None),
-        (f"s2s prepare, tokenizer given, {args.growth}x corpus", n * args.growth, large_s, rss_5x),
+        ("raw SentencePiece encode (all cores)", n, raw_s, None, raw_s),
+        ("s2s prepare, tokenizer given", n, given_s, rss_1x, raw_s),
+        ("s2s prepare, tokenizer trained", n, train_s, None, raw_s),
+        (f"raw SentencePiece encode (all cores), {grown}", n_large, raw_large_s, None, raw_large_s),
+        (f"s2s prepare, tokenizer given, {grown}", n_large, large_s, rss_5x, raw_large_s),
     ]
-    raw_rate = n / raw_s
     print(f"\ncores: {os.cpu_count()}; Ray baseline RSS {baseline_rss / 2**20:.0f} MiB")
-    print("| run | pairs | seconds | pairs/s | vs raw encode | peak RSS (MiB) |")
+    print("| run | pairs | seconds | pairs/s | vs raw encode (same corpus) | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, count, seconds, rss in rows:
-        rate = count / seconds
+    for name, count, seconds, rss, raw_seconds in rows:
         mib = f"{rss / 2**20:,.0f}" if rss else "-"
-        ratio = rate / raw_rate
+        rate, ratio = count / seconds, raw_seconds / seconds  # same pairs: rate / raw rate
         print(f"| {name} | {count:,} | {seconds:.1f} | {rate:,.0f} | {ratio:.2f}x | {mib} |")
     print(f"\npeak RSS {args.growth}x / 1x: {rss_5x / rss_1x:.2f}")
 

@@ -5,9 +5,11 @@ Measured side by side in one run on this machine, on the same real English sente
 shared corpus' test split where it is there, else one built here: jobs/benchcorpus.py;
 SentencePiece 8k), in the same 64-sentence batches (sorted by length,
 so every engine sees identical padding), with every output forced to the same length (eos
-banned until then), greedy and beam 4, for ``transformer-small`` and ``transformer-base``
-dimensions (random weights: speed does not depend on what the weights say once lengths are
-forced):
+banned until then; the length of every output of every run is checked, per engine and setting,
+and a mismatch stops the benchmark), greedy and beam 4, for ``transformer-small`` and
+``transformer-base`` dimensions (random weights: speed does not depend on what the weights say
+once lengths are forced). Every engine is timed alike: one warm-up run, then the best of
+``--repeats`` runs:
 
   s2s          s2s's PyTorch engine (``s2s.search``: batched beam search, KV cache)
   s2s-ct2      the same s2s checkpoint after ``s2s export --format ctranslate2`` (fp32, int8)
@@ -22,7 +24,7 @@ Then the whole ``s2s translate`` job (Ray Data, one translator actor, real docum
 sentences each) against the engine alone (``Translator.translate_sentences``) on the same
 sentences, and the translator actor's peak private memory on one 5 MB document.
 
-    python jobs/bench_translate.py [--sentences 256] [--length 24]
+    python jobs/bench_translate.py [--sentences 256] [--length 24] [--repeats 2]
         [--parts engines,imported,job,bigdoc]
 """
 
@@ -82,15 +84,28 @@ def pad(
     return src, src != pad_id
 
 
-def timed(fn, repeats: int = 2) -> float:
-    """Best wall time of ``repeats`` runs after one warm-up run."""
-    fn()
+def timed(fn, repeats: int) -> tuple[float, list[list[int]]]:
+    """Best wall time of ``repeats`` runs after one warm-up run, and every run's output lengths.
+    Every engine is timed with the same ``repeats``: a best of fewer runs would be slower."""
+    lengths = [fn()]
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        lengths.append(fn())
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, lengths
+
+
+def check_lengths(where: str, runs: list[list[int]], sentences: int, length: int) -> None:
+    """Every output of every run is ``length`` tokens (eos excluded): the engines are compared on
+    equal work only if forcing the length worked in each of them. Raises, naming the outputs."""
+    for run in runs:
+        wrong = sorted({n for n in run if n != length})
+        if len(run) != sentences or wrong:
+            raise RuntimeError(
+                f"{where}: {len(run)} outputs for {sentences} sentences, lengths other than the "
+                f"forced {length}: {wrong}"
+            )
 
 
 def marian_model(cfg, vocab_size: int):
@@ -133,31 +148,46 @@ def convert_marian(model, tokenizer_model: Path, out: Path) -> Path:
     return ct2_dir
 
 
-def run_s2s(model, batches, beam: int, length: int) -> None:
+def run_s2s(model, batches, beam: int, length: int) -> list[int]:
+    """Output tokens per sentence (no eos)."""
+    lengths = []
     for batch in batches:
         src, _ = pad(batch)
         if beam == 1:
-            greedy_search(model, src, 0, length, min_len=length)
+            lengths += map(len, greedy_search(model, src, 0, length, min_len=length))
         else:
-            beam_search(model, src, beam, 0, length, min_len=length)
+            hyps = beam_search(model, src, beam, 0, length, min_len=length)
+            lengths += (len(h[0].tokens) for h in hyps)
+    return lengths
 
 
 @torch.inference_mode()
-def run_hf(marian, batches, beam: int, length: int, pad_id=PAD_ID, eos_id=EOS_ID) -> None:
+def run_hf(marian, batches, beam: int, length: int, pad_id=PAD_ID, eos_id=EOS_ID) -> list[int]:
+    """Output tokens per sentence: those after the decoder's start, up to eos (a row that ended
+    early is padded after its eos; a pad id generated mid-row is an output token)."""
+    lengths = []
+    ends = {marian.config.eos_token_id}
     for batch in batches:
         src, mask = pad(batch, pad_id, eos_id)
-        marian.generate(
+        out = marian.generate(
             input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
             max_new_tokens=length, min_new_tokens=length, early_stopping=False,
         )  # fmt: skip
+        for row in out[:, 1:].tolist():
+            lengths.append(next((i for i, t in enumerate(row) if t in ends), len(row)))
+    return lengths
 
 
-def run_ct2(translator, piece_batches, beam: int, length: int) -> None:
+def run_ct2(translator, piece_batches, beam: int, length: int) -> list[int]:
+    """Output tokens per sentence (CTranslate2 leaves the end token out)."""
+    lengths = []
     for batch in piece_batches:
-        translator.translate_batch(
+        results = translator.translate_batch(
             batch, beam_size=beam, max_decoding_length=length, min_decoding_length=length,
             max_batch_size=64,
         )  # fmt: skip
+        lengths += (len(r.hypotheses[0]) for r in results)
+    return lengths
 
 
 def engine_table(args, tokenizer: Tokenizer, proto_path: Path, sentences: list[str], work: Path):
@@ -196,7 +226,8 @@ def engine_table(args, tokenizer: Tokenizer, proto_path: Path, sentences: list[s
             n_tokens = len(sentences) * args.length
             row = {"preset": preset, "beam": beam}
             for name, run in engines.items():
-                seconds = timed(partial(run, beam, args.length), repeats=1 if name == "hf" else 2)
+                seconds, runs = timed(partial(run, beam, args.length), args.repeats)
+                check_lengths(f"{preset} beam {beam} {name}", runs, len(sentences), args.length)
                 row[name] = n_tokens / seconds
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -275,7 +306,8 @@ def imported_table(args, proto_path: Path, sentences: list[str], work: Path):
         }
         row = {"model": "OPUS-MT-shaped import", "beam": beam}
         for name, run in engines.items():
-            seconds = timed(partial(run, beam, args.length), repeats=1 if name == "hf" else 2)
+            seconds, runs = timed(partial(run, beam, args.length), args.repeats)
+            check_lengths(f"import beam {beam} {name}", runs, len(sentences), args.length)
             row[name] = len(sentences) * args.length / seconds
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -357,6 +389,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=256, help="per engine and setting")
     parser.add_argument("--length", type=int, default=24, help="forced output tokens")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per engine (best)")
     parser.add_argument("--presets", default="transformer-small,transformer-base")
     parser.add_argument("--job-sentences", type=int, default=6000)
     parser.add_argument("--job-beam", type=int, default=4)
@@ -384,7 +417,8 @@ def main() -> None:
     )
     if rows:
         print(f"\nEngines: output tokens/s ({args.sentences} sentences, batches of 64, "
-              f"{args.length} tokens forced, {THREADS} threads)\n")  # fmt: skip
+              f"{args.length} tokens forced and checked, {THREADS} threads, best of "
+              f"{args.repeats} after 1 warm-up for every engine)\n")  # fmt: skip
         names = ["s2s", "s2s-ct2 fp32", "s2s-ct2 int8", "hf", "ct2 fp32", "ct2 int8"]
         print(
             "| model | search | "
@@ -407,7 +441,8 @@ def main() -> None:
     if "imported" in args.parts:
         imported = imported_table(args, proto_path, sentences, work)
         print(f"\nImported OPUS-MT-shaped model (d 512, 6+6 layers, swish; output tokens/s, "
-              f"{args.length} tokens forced, {THREADS} threads)\n")  # fmt: skip
+              f"{args.length} tokens forced and checked, {THREADS} threads, best of "
+              f"{args.repeats} after 1 warm-up for every engine)\n")  # fmt: skip
         names = ["s2s", "s2s-ct2", "hf", "ct2"]
         print("| model | search | " + " | ".join(names) + " | s2s / hf | s2s-ct2 / ct2 |")
         print("|" + " --- |" * (len(names) + 4))

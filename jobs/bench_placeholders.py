@@ -114,13 +114,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = bench_corpus(work, args.lang)
     print(f"corpus: {corpus}")
-    rows = []
+    # Arms run in one go by default; one run apart (--arms) replaces its row in results.json,
+    # and the table shows every arm there, each row with its step count.
+    results = work / "results.json"
+    rows = {r["arm"]: r for r in json.loads(results.read_text())} if results.exists() else {}
     for name in args.arms.split(","):
         data = prepare(corpus, str(work / f"prepared-{name}"), ARMS[name])
-        rows.append(run_arm(name, data, work, args.steps, args.limit))
-        print(json.dumps(rows[-1]), flush=True)
-    (work / "results.json").write_text(json.dumps(rows, indent=2))
-    print_table(rows)
+        rows[name] = run_arm(name, data, work, args.steps, args.limit)
+        print(json.dumps(rows[name]), flush=True)
+        results.write_text(json.dumps(list(rows.values()), indent=2))
+    print_table([rows[name] for name in ARMS if name in rows])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from s2s.scoring import score
 from s2s.shards import read_shard
 from s2s.translator import DocumentResult, Translator
 
-__all__ = ["evaluate", "load_pairs"]
+__all__ = ["evaluate", "load_pairs", "placeholder_report"]
 
 
 def load_pairs(data: str, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
@@ -90,7 +90,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "sentences": len(sources),
         "segments": sum(r.n_segments for r in results),  # sentences after splitting
         **score(hypotheses, references),
-        "placeholders": _placeholder_report(
+        "placeholders": placeholder_report(
             sources, hypotheses, references, placeholder_pattern(cfg.placeholder_pattern)
         ),
         "failed_sentences": sum(r.error is not None for r in results),
@@ -111,7 +111,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     return report
 
 
-def _placeholder_report(
+def placeholder_report(
     sources: list[str], hypotheses: list[str], references: list[str], pattern: re.Pattern
 ) -> dict:
     """Placeholder fidelity (:mod:`s2s.placeholders`) of the hypotheses, and of the references

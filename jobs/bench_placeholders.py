@@ -26,34 +26,17 @@ import time
 from pathlib import Path
 
 import yaml
-from benchcorpus import bench_corpus
+from benchcorpus import bench_corpus, prepare_bench_corpus
 
-from s2s import storage
 from s2s.checkpoint import list_checkpoints
-from s2s.config import DecodeConfig, EvaluateConfig, PrepareConfig, train_config
+from s2s.config import DecodeConfig, EvaluateConfig, train_config
 from s2s.evaluate import evaluate, load_pairs
 from s2s.placeholders import placeholders
-from s2s.prepare import prepare_corpus
 from s2s.train import train
 from s2s.translator import Translator
 
 RECIPE = Path(__file__).resolve().parent / "configs" / "quality" / "transformer-small.yaml"
 ARMS = {"protected": True, "unprotected": False}
-
-
-def prepare(corpus: Path, output: str, protect: bool) -> str:
-    if not storage.exists(storage.join(output, "manifest.json")):
-        prepare_corpus(
-            PrepareConfig(
-                inputs=[str(corpus / "train.tsv.gz")],
-                valid=[str(corpus / "valid.tsv.gz")],
-                test=[str(corpus / "test.tsv.gz")],
-                output=output,
-                overwrite=True,
-                protect_placeholders=protect,
-            )
-        )
-    return output
 
 
 def run_arm(name: str, data: str, work: Path, steps: int, limit: int) -> dict:
@@ -119,7 +102,9 @@ def main() -> None:
     results = work / "results.json"
     rows = {r["arm"]: r for r in json.loads(results.read_text())} if results.exists() else {}
     for name in args.arms.split(","):
-        data = prepare(corpus, str(work / f"prepared-{name}"), ARMS[name])
+        data = prepare_bench_corpus(
+            corpus, str(work / f"prepared-{name}"), protect_placeholders=ARMS[name]
+        )
         rows[name] = run_arm(name, data, work, args.steps, args.limit)
         print(json.dumps(rows[name]), flush=True)
         results.write_text(json.dumps(list(rows.values()), indent=2))

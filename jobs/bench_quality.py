@@ -46,19 +46,18 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 import yaml
-from benchcorpus import bench_corpus
+from benchcorpus import bench_corpus, prepare_bench_corpus
 
 from s2s import storage
 from s2s.batching import collate
 from s2s.checkpoint import average_checkpoints, list_checkpoints
-from s2s.config import EvaluateConfig, PrepareConfig, TrainConfig, TranslateConfig, train_config
+from s2s.config import EvaluateConfig, TrainConfig, TranslateConfig, train_config
 from s2s.device import autocast, resolve_precision
 from s2s.evaluate import evaluate, load_pairs, placeholder_report
 from s2s.filters import normalize_text
 from s2s.manifest import read_manifest
 from s2s.objective import lr_multiplier
 from s2s.placeholders import PLACEHOLDER, SENTINELS, Masked, mask, restore, strip_sentinels
-from s2s.prepare import prepare_corpus
 from s2s.runlog import read_metrics
 from s2s.scoring import score
 from s2s.segment import join_document, split_document
@@ -73,23 +72,6 @@ MODELS = ["rnn-small", "gru-luong", "transformer-small", "hf-marian"]
 AVERAGE_LAST = 3  # checkpoints averaged at the end of each s2s run (the recipes keep 3)
 PENALTIES = (0.6, 1.0, 1.4)  # length penalties tried on the valid split (beam 4)
 TUNING = 1000  # the first valid pairs every recipe choice is made on (test is never read for one)
-
-
-def prepare(corpus: Path, output: str) -> str:
-    """The corpus' own splits: train carved by nothing, valid and test given explicitly."""
-    if not (corpus / "train.tsv.gz").exists():
-        raise SystemExit(f"{corpus}/train.tsv.gz not found (see jobs/benchcorpus.py)")
-    if not storage.exists(storage.join(output, "manifest.json")):
-        prepare_corpus(
-            PrepareConfig(
-                inputs=[str(corpus / "train.tsv.gz")],
-                valid=[str(corpus / "valid.tsv.gz")],
-                test=[str(corpus / "test.tsv.gz")],
-                output=output,
-                overwrite=True,
-            )
-        )
-    return output
 
 
 def recipe(preset: str) -> TrainConfig:
@@ -603,7 +585,7 @@ def main() -> None:
     figure = Path(args.plot) if args.plot else work / "quality.png"
     corpus = Path(args.corpus) if args.corpus else bench_corpus(work, args.lang)
     print(f"corpus: {corpus} (en-{args.lang})", flush=True)
-    data = prepare(corpus, str(work / "prepared"))
+    data = prepare_bench_corpus(corpus, str(work / "prepared"))
     test = str(corpus / "test.tsv.gz")  # the split as given: all of its pairs, unfiltered
     results = work / "results.json"
     done = {r["model"]: r for r in json.loads(results.read_text())} if results.exists() else {}

@@ -17,7 +17,10 @@ import gzip
 import hashlib
 from pathlib import Path
 
+from s2s import storage
+from s2s.config import PrepareConfig
 from s2s.gettext import SYSTEM_LOCALE_DIR, build_corpus, package_locale_dirs
+from s2s.prepare import prepare_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "en-de"
 SPLITS = ("train", "valid", "test")
@@ -59,3 +62,22 @@ def split_pairs(pairs: list[tuple[str, str]], held_out: int) -> dict[str, list]:
         "valid": [p for i, p in enumerate(pairs) if i in valid],
         "test": [p for i, p in enumerate(pairs) if i in test],
     }
+
+
+def prepare_bench_corpus(corpus: Path, output: str, **settings) -> str:
+    """``s2s prepare`` of the corpus with its own splits (train carved by nothing, valid and test
+    given), with ``settings`` on top of the defaults; a prepared ``output`` is reused as is."""
+    if not (corpus / "train.tsv.gz").exists():
+        raise SystemExit(f"{corpus}/train.tsv.gz not found (see jobs/benchcorpus.py)")
+    if not storage.exists(storage.join(output, "manifest.json")):
+        prepare_corpus(
+            PrepareConfig(
+                inputs=[str(corpus / "train.tsv.gz")],
+                valid=[str(corpus / "valid.tsv.gz")],
+                test=[str(corpus / "test.tsv.gz")],
+                output=output,
+                overwrite=True,
+                **settings,
+            )
+        )
+    return output

@@ -57,7 +57,14 @@ from s2s.evaluate import evaluate, load_pairs, placeholder_report
 from s2s.filters import normalize_text
 from s2s.manifest import read_manifest
 from s2s.objective import lr_multiplier
-from s2s.placeholders import PLACEHOLDER, SENTINELS, Masked, mask, restore, strip_sentinels
+from s2s.placeholders import (
+    PLACEHOLDER,
+    SENTINELS,
+    Masked,
+    mask,
+    restore_outputs,
+    strip_sentinels,
+)
 from s2s.runlog import read_metrics
 from s2s.scoring import score
 from s2s.segment import join_document, split_document
@@ -343,21 +350,12 @@ class MarianBaseline:
         masked = [mask(text) if self.protect else Masked(text) for text in clean]
         out = self._generate([m.text for m in masked], beam, length_penalty)
         retry = []
-        for i, m in enumerate(masked):
-            if not m.spans:
-                out[i] = self._unmasked(clean[i], out[i])
-            elif (restored := restore(out[i], m.spans)) is None:
-                retry.append(i)
-            else:
-                out[i] = restored
+        if self.protect:
+            out, retry = restore_outputs(masked, clean, out)
         for i, text in zip(retry, self._generate([clean[i] for i in retry], beam, length_penalty)):
-            out[i] = self._unmasked(clean[i], text)
+            out[i] = strip_sentinels(text, clean[i])
         self.retries += len(retry)
         return [join_document(out[first : first + len(seps) - 1], seps) for first, seps in layouts]
-
-    def _unmasked(self, source: str, translation: str) -> str:
-        """A translation of an unmasked ``source`` holds no sentinel the source did not."""
-        return strip_sentinels(translation, source) if self.protect else translation
 
     @torch.inference_mode()
     def _generate(self, texts: list[str], beam: int, length_penalty: float) -> list[str]:

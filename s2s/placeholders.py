@@ -33,6 +33,7 @@ __all__ = [
     "mask",
     "mask_pair",
     "restore",
+    "restore_outputs",
     "strip_sentinels",
 ]
 
@@ -133,6 +134,26 @@ def restore(text: str, spans: tuple[str, ...]) -> str | None:
     if found != list(range(1, len(spans) + 1)):
         return None
     return _SENTINEL.sub(lambda m: spans[int(m.group(1)) - 1], text)
+
+
+def restore_outputs(
+    masked: list[Masked], sources: list[str], outputs: list[str | None]
+) -> tuple[list[str | None], list[int]]:
+    """The outputs of ``masked`` (None: failed) with their spans put back, and which of them
+    to translate again unmasked: those whose sentinels did not come back exactly once each (left
+    as they are). A sentinel written where ``sources[i]`` had none is removed.
+    """
+    texts, retry = list(outputs), []
+    for i, (m, out) in enumerate(zip(masked, outputs)):
+        if out is None:
+            continue
+        if not m.spans:
+            texts[i] = strip_sentinels(out, sources[i])
+        elif (restored := restore(out, m.spans)) is None:
+            retry.append(i)
+        else:
+            texts[i] = restored
+    return texts, retry
 
 
 def strip_sentinels(text: str, source: str = "") -> str:

@@ -35,7 +35,7 @@ from s2s.placeholders import (
     mask,
     placeholder_pattern,
     placeholders,
-    restore,
+    restore_outputs,
     strip_sentinels,
 )
 from s2s.poison import describe, isolate
@@ -225,18 +225,13 @@ class Translator:
         masked = [mask(text, self.placeholders) if self.protect else Masked(text) for text in clean]
         results = self._translate_texts([m.text for m in masked])
         retry = []
-        for i, (m, result) in enumerate(zip(masked, results)):
-            if result.translation is None:
-                continue
-            if not m.spans:
-                result.translation = self._without_sentinels(clean[i], result.translation)
-            elif (restored := restore(result.translation, m.spans)) is None:
-                retry.append(i)
-            else:
-                result.translation = restored
+        if self.sentinels:  # a model without them writes none: nothing to restore or remove
+            texts, retry = restore_outputs(masked, clean, [r.translation for r in results])
+            for result, text in zip(results, texts):
+                result.translation = text
         for i, result in zip(retry, self._translate_texts([clean[i] for i in retry])):
             if result.translation is not None:
-                result.translation = self._without_sentinels(clean[i], result.translation)
+                result.translation = strip_sentinels(result.translation, clean[i])
             results[i] = result
         self.masked_sentences += sum(bool(m.spans) for m in masked)
         self.unmasked_retries += len(retry)
@@ -249,10 +244,6 @@ class Translator:
                     result.translation, self.placeholders
                 )
         return results
-
-    def _without_sentinels(self, source: str, translation: str) -> str:
-        """A translation of an unmasked ``source`` holds no sentinel the source did not."""
-        return strip_sentinels(translation, source) if self.sentinels else translation
 
     def _translate_texts(self, clean: list[str]) -> list[SentenceResult]:
         """Translate normalised sentences. A sentence longer than ``max_input_tokens`` is cut

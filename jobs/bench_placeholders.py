@@ -13,6 +13,10 @@ protected arm also reports how many of those sentences were masked, and how many
 sentinel lost, doubled or invented and were translated again unmasked.
 
     python jobs/bench_placeholders.py [--steps 600] [--lang de] [--arms protected,unprotected]
+                                      [--score-only]
+
+``--score-only`` scores the checkpoints an earlier run trained (after a change to decoding, say)
+without training them again.
 """
 
 from __future__ import annotations
@@ -39,15 +43,19 @@ RECIPE = Path(__file__).resolve().parent / "configs" / "quality" / "transformer-
 ARMS = {"protected": True, "unprotected": False}
 
 
-def run_arm(name: str, data: str, work: Path, steps: int, limit: int) -> dict:
-    """Train transformer-small on ``data`` for ``steps`` steps, then score its last checkpoint."""
+def run_arm(name: str, data: str, work: Path, steps: int, limit: int, trained: dict | None) -> dict:
+    """Train transformer-small on ``data`` for ``steps`` steps, then score its last checkpoint.
+    ``trained``: the arm's row of an earlier run, whose checkpoint is scored again instead."""
     run = work / f"run-{name}"
-    shutil.rmtree(run, ignore_errors=True)
-    cfg = train_config(yaml.safe_load(RECIPE.read_text()))
-    cfg = dataclasses.replace(cfg, data=data, output=str(run), max_steps=steps)
-    started = time.perf_counter()
-    train(cfg)
-    train_s = time.perf_counter() - started
+    if trained is None:
+        shutil.rmtree(run, ignore_errors=True)
+        cfg = train_config(yaml.safe_load(RECIPE.read_text()))
+        cfg = dataclasses.replace(cfg, data=data, output=str(run), max_steps=steps)
+        started = time.perf_counter()
+        train(cfg)
+        train_s = time.perf_counter() - started
+    else:
+        steps, train_s = trained["steps"], trained["train_s"]
     checkpoint = list_checkpoints(str(run))[-1][1]
     report = evaluate(
         EvaluateConfig(checkpoint=checkpoint, data=data, split="test", beam=4, limit=limit,
@@ -92,6 +100,9 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--limit", type=int, default=0, help="test pairs scored (0: all)")
     parser.add_argument("--workdir", default="bench-output/placeholders")
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the arms' checkpoints again, untrained"
+    )
     args = parser.parse_args()
     work = Path(args.workdir).resolve() / args.lang
     work.mkdir(parents=True, exist_ok=True)
@@ -105,7 +116,10 @@ def main() -> None:
         data = prepare_bench_corpus(
             corpus, str(work / f"prepared-{name}"), protect_placeholders=ARMS[name]
         )
-        rows[name] = run_arm(name, data, work, args.steps, args.limit)
+        if args.score_only and name not in rows:
+            raise SystemExit(f"--score-only: no earlier run of {name} in {results}")
+        trained = rows[name] if args.score_only else None
+        rows[name] = run_arm(name, data, work, args.steps, args.limit, trained)
         print(json.dumps(rows[name]), flush=True)
         results.write_text(json.dumps(list(rows.values()), indent=2))
     print_table([rows[name] for name in ARMS if name in rows])

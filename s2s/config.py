@@ -382,9 +382,10 @@ class DecodeConfig:
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     torch_threads: int = 0  # 0 = as many as CPUs reserved (translate) or all cores (evaluate)
     # Placeholders are masked by sentinels before decoding and put back after (for models whose
-    # tokenizer holds the sentinels: any prepared with protect_placeholders, the default); a
-    # sentence whose sentinels do not come back exactly once each is translated again unmasked.
-    # Either way a sentence that lost some is counted in its row's placeholders_lost.
+    # tokenizer holds the sentinels: any prepared with protect_placeholders, the default); the
+    # search writes each of a sentence's sentinels exactly once (CTranslate2: only bans those no
+    # source of the batch holds), and a sentence whose sentinels still do not all come back is
+    # translated again unmasked. Either way one that lost some counts in placeholders_lost.
     protect_placeholders: bool = True
     # A regex of further spans to protect, as in prepare.
     placeholder_pattern: str = ""

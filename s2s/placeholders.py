@@ -14,7 +14,8 @@ numbered sentinel (``%s`` -> ``｟1｠``), each one piece of the tokenizer (prep
 SentencePiece model with them as user-defined symbols), and :func:`restore` puts the spans back
 after translation, or says it cannot (a sentinel lost, doubled or invented). Training pairs are
 masked the same way (:func:`mask_pair`, spans found on both sides only), so the model learns to
-copy sentinels, which it does far more reliably than ``%hhu`` spelled as four pieces.
+copy sentinels, which it does far more reliably than ``%hhu`` spelled as four pieces, and the
+search (s2s.search.Sentinels) lets it write each of a source's sentinels exactly once and no other.
 """
 
 from __future__ import annotations

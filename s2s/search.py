@@ -3,7 +3,8 @@
 ``greedy_search`` and ``beam_search`` call only ``encode``, ``decode_step`` and
 ``reorder_state``: a new model family needs no change here, and a new decoding strategy is one
 more function over those three. Scoring lives in ``length_penalty`` and ``_collect``; when a
-source stops, in the ``done`` test of the beam loop.
+source stops, in the ``done`` test of the beam loop; which tokens a step may write, in
+``_decode_step`` (with ``Sentinels``: each sentinel of the source exactly once, no other).
 
 Shapes in comments: B sources, k beam size, A sources still live (A <= B), V vocabulary,
 t tokens decoded so far. Beam rows are laid out source-major: row ``a * k + j`` is beam j of
@@ -13,6 +14,7 @@ live source a.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,7 +22,21 @@ from torch import Tensor
 from s2s.models import DecoderState, Seq2Seq
 from s2s.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["greedy_search", "beam_search", "Hypothesis", "length_penalty"]
+__all__ = ["greedy_search", "beam_search", "Hypothesis", "Sentinels", "length_penalty"]
+
+
+class Sentinels(NamedTuple):
+    """The placeholder sentinels of a model's vocabularies (s2s.placeholders): ``source[i]`` and
+    ``target[i]`` are the ids of the same sentinel, (n,) each, on the decoding device.
+
+    Given to a search, every output holds each sentinel of its source exactly once and no other:
+    a sentinel the source lacks or the prefix already holds is ruled out, and so is eos while
+    one is still owed. A masked placeholder then always comes back, unless the output reaches
+    its length limit first.
+    """
+
+    source: Tensor
+    target: Tensor
 
 
 @torch.inference_mode()
@@ -31,6 +47,7 @@ def greedy_search(
     max_len_b: int = 10,
     max_len_cap: int | None = None,
     min_len: int = 0,
+    sentinels: Sentinels | None = None,
 ) -> list[list[int]]:
     """Most likely next token at every step, for a batch, until every row has ended.
 
@@ -40,21 +57,27 @@ def greedy_search(
         max_len_a, max_len_b: at most ``a * source_length + b`` output tokens per row...
         max_len_cap: ...and never more than this (a Transformer's positions end somewhere).
         min_len: eos is not allowed before this many tokens (benchmarks force equal lengths).
+        sentinels: with them, each output copies its source's sentinels exactly once.
 
     Returns:
         Token ids per row, without bos/eos.
     """
     batch = src.shape[0]
     limit = _limits(src, max_len_a, max_len_b, max_len_cap)  # (B,)
+    owed = _owed(src, sentinels)  # (B, n)
     state = model.encode(src)
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)  # (B,)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)  # (B,)
     out = []
     # Rows that ended stay in the batch until all have: no state reordering, pad tokens out.
     for step in range(int(limit.max())):
-        log_probs, state = _decode_step(model, prev, state, eos_allowed=step >= min_len)  # (B, V)
+        log_probs, state = _decode_step(
+            model, prev, state, eos_allowed=step >= min_len, owed=owed, sentinels=sentinels
+        )  # (B, V)
         prev = log_probs.argmax(dim=-1)  # (B,)
         prev = torch.where(finished, torch.full_like(prev, PAD_ID), prev)
+        if owed is not None:
+            owed = _paid(owed, prev, sentinels)
         out.append(prev)
         finished |= (prev == EOS_ID) | (step + 1 >= limit)
         if finished.all():
@@ -64,18 +87,44 @@ def greedy_search(
 
 
 def _decode_step(
-    model: Seq2Seq, prev: Tensor, state: DecoderState, eos_allowed: bool
+    model: Seq2Seq,
+    prev: Tensor,
+    state: DecoderState,
+    eos_allowed: bool,
+    owed: Tensor | None = None,
+    sentinels: Sentinels | None = None,
 ) -> tuple[Tensor, DecoderState]:
-    """``model.decode_step`` with the tokens no output may hold ruled out: pad and bos (as
+    """``model.decode_step`` with the tokens this step may not write ruled out: pad and bos (as
     Hugging Face's bad_words_ids does; a model imported from Marian, whose decoder starts from
-    its pad token, gives both real probability), and eos before ``min_len``."""
+    its pad token, gives both real probability), eos before ``min_len``, and with ``owed``
+    ((rows, n) bool, the sentinels each row has still to write) every sentinel not owed, and
+    eos while one is."""
     log_probs, state = model.decode_step(prev, state)  # (rows, V)
     # Two scalar indices: a list index would copy an index tensor to the device every step.
     log_probs[:, PAD_ID] = float("-inf")
     log_probs[:, BOS_ID] = float("-inf")
     if not eos_allowed:
         log_probs[:, EOS_ID] = float("-inf")
+    if owed is not None:
+        # (rows, n) gathered and written back: the sentinel columns only, no (rows, V) mask.
+        log_probs[:, sentinels.target] = log_probs[:, sentinels.target].masked_fill(
+            ~owed, float("-inf")
+        )
+        log_probs[:, EOS_ID].masked_fill_(owed.any(dim=1), float("-inf"))  # a view: in place
     return log_probs, state
+
+
+def _owed(src: Tensor, sentinels: Sentinels | None) -> Tensor | None:
+    """(B, n) bool: which sentinels each source holds, so its output owes them; None without
+    sentinels."""
+    if sentinels is None:
+        return None
+    return (src.unsqueeze(-1) == sentinels.source).any(dim=1)  # (B, S, n) -> (B, n)
+
+
+def _paid(owed: Tensor, token: Tensor, sentinels: Sentinels) -> Tensor:
+    """``owed`` (rows, n) less the sentinel each row has just written (``token``: (rows,))."""
+    return owed & (token.unsqueeze(1) != sentinels.target)
 
 
 def _limits(src: Tensor, a: float, b: int, cap: int | None) -> Tensor:
@@ -121,6 +170,7 @@ def beam_search(
     nbest: int = 1,
     max_len_cap: int | None = None,
     min_len: int = 0,
+    sentinels: Sentinels | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the ``nbest`` best hypotheses per source, best first.
 
@@ -139,6 +189,7 @@ def beam_search(
         nbest: hypotheses returned per source (<= beam).
         max_len_cap: output length limit whatever the source length.
         min_len: eos is not allowed before this many tokens (benchmarks force equal lengths).
+        sentinels: with them, each output copies its source's sentinels exactly once.
 
     Returns:
         Per source, up to ``nbest`` hypotheses sorted by score, best first.
@@ -150,6 +201,9 @@ def beam_search(
     state = model.reorder_state(
         model.encode(src), torch.arange(batch, device=device).repeat_interleave(k)
     )  # (B*k, ...)
+    owed = _owed(src, sentinels)  # (B, n) -> (A*k, n) below, the sentinels each row still owes
+    if owed is not None:
+        owed = owed.repeat_interleave(k, dim=0)
     # Only the first prefix of each source is live at step 0: the k start identical and would
     # otherwise fill the beam with k copies of each extension.
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, k), A = live sources
@@ -162,7 +216,9 @@ def beam_search(
     # Live blocks are renumbered 0..A-1 after each step, so blocks[:A] stays right.
     blocks = torch.arange(batch, device=device)[:, None] * k  # (B, 1) first row of each block
     for step in range(int(limits.max())):
-        log_probs, state = _decode_step(model, prev, state, eos_allowed=step >= min_len)
+        log_probs, state = _decode_step(
+            model, prev, state, eos_allowed=step >= min_len, owed=owed, sentinels=sentinels
+        )
         live, vocab = active.numel(), log_probs.shape[-1]
         # All k*V extensions of a source's prefixes compete: (A, k, 1) + (A, k, V) -> (A, k*V).
         candidates = (scores.unsqueeze(-1) + log_probs.view(live, k, vocab)).view(live, -1)
@@ -196,6 +252,8 @@ def beam_search(
         prev = token.gather(1, live_pos)[keep].view(-1)  # (A'*k,) the next step's input
         state = model.reorder_state(state, rows)
         prefixes = torch.cat([prefixes[rows], prev.unsqueeze(1)], dim=1)  # (A'*k, t + 1)
+        if owed is not None:
+            owed = _paid(owed[rows], prev, sentinels)  # (A'*k, n)
         scores, active = live_scores[keep], active[keep]  # (A', k), (A',)
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 

@@ -1,4 +1,5 @@
-"""Beam search over both model families: beam 1 == greedy, beam beats greedy, n-best order."""
+"""Beam search over both model families: beam 1 == greedy, beam beats greedy, n-best order, and
+the sentinel rule (each of the source's sentinels written exactly once)."""
 
 import random
 
@@ -9,7 +10,7 @@ from s2s.batching import collate
 from s2s.config import model_preset
 from s2s.models import build_model
 from s2s.objective import build_optimizer, label_smoothed_loss
-from s2s.search import beam_search, greedy_search
+from s2s.search import Sentinels, beam_search, greedy_search
 from s2s.tokenizer import EOS_ID
 
 VOCAB = 24
@@ -103,3 +104,34 @@ def test_min_len_forces_equal_lengths(preset):
     beams = beam_search(model, src, beam=3, max_len_a=0, max_len_b=9, min_len=9)
     assert all(len(g) == 9 for g in greedy)
     assert all(len(h[0].tokens) == 9 for h in beams)
+
+
+@pytest.mark.parametrize("preset", ["transformer-small", "rnn-small"])
+def test_outputs_hold_each_sentinel_of_their_source_exactly_once(preset):
+    # A half-trained reverser copies some of the source's "sentinels" (ids 20-23 here), drops
+    # or doubles others, and writes some the source lacks; with the rule it may do none of that.
+    model, src = partly_trained(preset), sources(60, seed=5)
+    ids = torch.arange(20, 24)
+    rule = Sentinels(ids, ids)
+
+    def broken(outputs: list[list[int]]) -> int:
+        """How many outputs that ended before their length limit (where the rule cannot hold)
+        do not hold exactly their source's sentinels, once each."""
+        wrong = ended = 0
+        for row, out in zip(src.tolist(), outputs):
+            if len(out) < int(1.5 * sum(t != 0 for t in row) + 20):
+                owed = sorted({t for t in row if 20 <= t < 24})
+                wrong += sorted(t for t in out if 20 <= t < 24) != owed
+                ended += 1
+        assert ended > len(outputs) // 2
+        return wrong
+
+    def beams(**rule_if_any) -> list[list[int]]:
+        found = beam_search(model, src, beam=3, max_len_b=20, **rule_if_any)
+        return [h[0].tokens for h in found]
+
+    assert sum(any(20 <= t < 24 for t in row) for row in src.tolist()) > 20
+    assert broken(greedy_search(model, src, max_len_b=20)) > 0  # the rule has work to do
+    assert broken(beams()) > 0
+    assert broken(greedy_search(model, src, max_len_b=20, sentinels=rule)) == 0
+    assert broken(beams(sentinels=rule)) == 0

@@ -25,6 +25,7 @@ import torch
 from s2s import storage
 from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
 from s2s.config import ConfigError, DecodeConfig
+from s2s.placeholders import SENTINELS
 from s2s.tokenizer import BOS_ID, PAD_ID, TokenizerFiles
 
 __all__ = [
@@ -81,6 +82,10 @@ class CTranslate2Engine:
         self.tokenizer, self.target_tokenizer = TokenizerFiles.read(exported).load(name=exported)
         # Pad and bos are never output (as in s2s.search): CTranslate2 rules them out by piece.
         self._never = [[piece] for piece in self.tokenizer.id_to_piece([PAD_ID, BOS_ID])]
+        # CTranslate2 takes one list of banned pieces per batch, and no rule on eos: of s2s's
+        # sentinel rule (s2s.search.Sentinels) it can keep only "none the batch's sources lack".
+        both = self.tokenizer.has_pieces(SENTINELS) and self.target_tokenizer.has_pieces(SENTINELS)
+        self._sentinels = SENTINELS if both else ()
         self.model_id = f"{info['model_id']}+ct2"
         # Positions run out: source and output (after bos) must fit max_positions.
         self.max_len_cap = info["max_positions"] - 1 if info["max_positions"] else None
@@ -101,18 +106,21 @@ class CTranslate2Engine:
     def decode(self, sources: list[list[int]]) -> list[list[int]]:
         """Output ids per source (see :meth:`s2s.engines.Engine.decode`)."""
         cfg = self.cfg
+        pieces = [self.tokenizer.id_to_piece(ids) for ids in sources]
+        given = {piece for row in pieces for piece in row}
+        never = self._never + [[s] for s in self._sentinels if s not in given]
         # Per-sentence limits as in s2s.search; CTranslate2 takes one per batch, so decode to
         # the largest and cut each output to its own (greedy outputs then match exactly).
         limits = [max(1, int(cfg.max_len_a * (len(ids) + 1) + cfg.max_len_b)) for ids in sources]
         limits = [min(limit, self.max_len_cap or limit) for limit in limits]
         results = self.translator.translate_batch(
-            [self.tokenizer.id_to_piece(ids) for ids in sources],
+            pieces,
             beam_size=cfg.beam,
             # CTranslate2 divides by length ** penalty, not GNMT's ((5 + length) / 6) ** alpha.
             length_penalty=cfg.length_penalty,
             max_decoding_length=max(limits),
             max_batch_size=len(sources),
-            suppress_sequences=self._never,
+            suppress_sequences=never,
         )
         return [
             self.target_tokenizer.piece_to_id(r.hypotheses[0][:limit])

@@ -19,7 +19,9 @@ from s2s.device import (
     resolve_precision,
     shape_stable_attention,
 )
-from s2s.search import beam_search, greedy_search
+from s2s.placeholders import SENTINELS
+from s2s.search import Sentinels, beam_search, greedy_search
+from s2s.tokenizer import Tokenizer
 
 __all__ = ["TorchEngine"]
 
@@ -44,6 +46,7 @@ class TorchEngine:
         ckpt = load_checkpoint(cfg.checkpoint, device)
         self.model, self.model_id = ckpt.model, ckpt.model_id
         self.tokenizer, self.target_tokenizer = ckpt.tokenizer, ckpt.target_tokenizer
+        self.sentinels = _sentinels(self.tokenizer, self.target_tokenizer, device)
         # A Transformer's positions run out: source and output (after bos) must fit them.
         is_transformer = ckpt.model_config.family == "transformer"
         max_positions = ckpt.model_config.max_positions if is_transformer else None
@@ -68,13 +71,19 @@ class TorchEngine:
 
     def decode(self, sources: list[list[int]]) -> list[list[int]]:
         """Output ids per source (see :meth:`s2s.engines.Engine.decode`); beam search keeps
-        each source's best hypothesis."""
+        each source's best hypothesis. A model trained with placeholder sentinels writes each
+        sentinel of its source exactly once and no other (s2s.search.Sentinels)."""
         src = collate([(ids, []) for ids in sources])["src"].to(self.device)  # (B, S) with eos
         cfg = self.cfg
         with autocast(self.precision, self.device):
             if cfg.beam == 1:
                 return greedy_search(
-                    self.model, src, cfg.max_len_a, cfg.max_len_b, max_len_cap=self.max_len_cap
+                    self.model,
+                    src,
+                    cfg.max_len_a,
+                    cfg.max_len_b,
+                    max_len_cap=self.max_len_cap,
+                    sentinels=self.sentinels,
                 )
             hyps = beam_search(
                 self.model,
@@ -84,8 +93,18 @@ class TorchEngine:
                 cfg.max_len_b,
                 alpha=cfg.length_penalty,
                 max_len_cap=self.max_len_cap,
+                sentinels=self.sentinels,
             )
         return [h[0].tokens for h in hyps]
+
+
+def _sentinels(source: Tokenizer, target: Tokenizer, device: torch.device) -> Sentinels | None:
+    """The sentinels' ids in both vocabularies, or None where a tokenizer lacks them (a model
+    trained without protection, or imported)."""
+    if not (source.has_pieces(SENTINELS) and target.has_pieces(SENTINELS)):
+        return None
+    ids = [tok.piece_to_id(list(SENTINELS)) for tok in (source, target)]
+    return Sentinels(*(torch.tensor(i, dtype=torch.long, device=device) for i in ids))
 
 
 def _gpu_memory_left(device: torch.device, fraction: float) -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "restore",
     "restore_outputs",
     "strip_sentinels",
+    "hold_sentinels",
 ]
 
 # One alternation, longest forms first (``%(name)s`` before ``%s``). No space flag in printf
@@ -61,6 +62,12 @@ PLACEHOLDER = re.compile(
 SENTINELS = tuple(f"｟{i}｠" for i in range(1, 17))
 _SENTINEL = re.compile(r"｟(\d+)｠")
 _SENTINEL_MARK = "｟"  # a text holding it is never masked: its own text could read as a sentinel
+
+
+def hold_sentinels(*tokenizers) -> bool:
+    """Whether every one of ``tokenizers`` (s2s.tokenizer.Tokenizer: a model's source and target
+    ones) holds each sentinel as a piece: a model trained on masked pairs, which can copy them."""
+    return all(t.has_pieces(SENTINELS) for t in tokenizers)
 
 
 def placeholder_pattern(extra: str = "") -> re.Pattern:

@@ -55,7 +55,7 @@ from s2s.manifest import (
     finish_prepare,
     prepare_lease,
 )
-from s2s.placeholders import SENTINELS, mask_pair, placeholder_pattern
+from s2s.placeholders import SENTINELS, hold_sentinels, mask_pair, placeholder_pattern
 from s2s.poison import describe, isolate_rows
 from s2s.shards import write_shards
 from s2s.sketch import CorpusSketch
@@ -337,7 +337,7 @@ def _protects(cfg: PrepareConfig, tokenizers: TokenizerFiles) -> bool:
     from elsewhere, or one trained with protection off)."""
     if not cfg.protect_placeholders:
         return False
-    if all(t.has_pieces(SENTINELS) for t in tokenizers.load()):
+    if hold_sentinels(*tokenizers.load()):
         return True
     log.warning(
         "%s has no placeholder sentinels: placeholders are not protected in this corpus",

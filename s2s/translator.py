@@ -30,8 +30,8 @@ from s2s.config import DecodeConfig
 from s2s.engines import load_engine
 from s2s.filters import normalize_text
 from s2s.placeholders import (
-    SENTINELS,
     Masked,
+    hold_sentinels,
     mask,
     placeholder_pattern,
     placeholders,
@@ -198,9 +198,7 @@ class Translator:
         self.placeholders = placeholder_pattern(cfg.placeholder_pattern)
         # Masking needs a model that has learnt to copy sentinels: one whose tokenizers hold
         # them. Such a model may write sentinels even where none was given: they are removed.
-        self.sentinels = all(
-            t.has_pieces(SENTINELS) for t in (self.tokenizer, self.target_tokenizer)
-        )
+        self.sentinels = hold_sentinels(self.tokenizer, self.target_tokenizer)
         self.protect = cfg.protect_placeholders and self.sentinels
         self.masked_sentences = 0  # so far: sentences translated with masked placeholders...
         self.unmasked_retries = 0  # ...and those translated again because a sentinel was lost

@@ -25,7 +25,7 @@ import torch
 from s2s import storage
 from s2s.checkpoint import TOKENIZER, load_checkpoint, validate_checkpoint
 from s2s.config import ConfigError, DecodeConfig
-from s2s.placeholders import SENTINELS
+from s2s.placeholders import SENTINELS, hold_sentinels
 from s2s.tokenizer import BOS_ID, PAD_ID, TokenizerFiles
 
 __all__ = [
@@ -84,7 +84,7 @@ class CTranslate2Engine:
         self._never = [[piece] for piece in self.tokenizer.id_to_piece([PAD_ID, BOS_ID])]
         # CTranslate2 takes one list of banned pieces per batch, and no rule on eos: of s2s's
         # sentinel rule (s2s.search.Sentinels) it can keep only "none the batch's sources lack".
-        both = self.tokenizer.has_pieces(SENTINELS) and self.target_tokenizer.has_pieces(SENTINELS)
+        both = hold_sentinels(self.tokenizer, self.target_tokenizer)
         self._sentinels = SENTINELS if both else ()
         self.model_id = f"{info['model_id']}+ct2"
         # Positions run out: source and output (after bos) must fit max_positions.

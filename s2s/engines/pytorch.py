@@ -19,7 +19,7 @@ from s2s.device import (
     resolve_precision,
     shape_stable_attention,
 )
-from s2s.placeholders import SENTINELS
+from s2s.placeholders import SENTINELS, hold_sentinels
 from s2s.search import Sentinels, beam_search, greedy_search
 from s2s.tokenizer import Tokenizer
 
@@ -101,7 +101,7 @@ class TorchEngine:
 def _sentinels(source: Tokenizer, target: Tokenizer, device: torch.device) -> Sentinels | None:
     """The sentinels' ids in both vocabularies, or None where a tokenizer lacks them (a model
     trained without protection, or imported)."""
-    if not (source.has_pieces(SENTINELS) and target.has_pieces(SENTINELS)):
+    if not hold_sentinels(source, target):
         return None
     ids = [tok.piece_to_id(list(SENTINELS)) for tok in (source, target)]
     return Sentinels(*(torch.tensor(i, dtype=torch.long, device=device) for i in ids))

@@ -32,20 +32,24 @@ def label_smoothed_loss(
         logits' device: reading none of them waits for the device (a GPU runs ahead until the
         caller asks for a number, at a log line).
     """
-    logits = logits.flatten(0, 1).float()  # (N, V)
     target = target.flatten()  # (N,)
-    # F.cross_entropy is one fused kernel (log-softmax, smoothing, ignore_index), forward and
-    # backward: no (N, V) copies for masking, which cost more than the softmax itself on CPU.
-    loss = F.cross_entropy(
-        logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum"
-    )
+    keep = target != PAD_ID  # (N,)
+    # One log-softmax (N, V), in fp32 whatever the logits' precision (the cast happens inside
+    # the kernel: no fp32 copy of the logits), serves both the smoothed loss and the reported
+    # NLL. F.cross_entropy with label smoothing computes the same log-softmax internally, and a
+    # second call for the NLL would compute it again: on a CPU each pass over (N, V) costs about
+    # as much as a decoder layer's matmuls.
+    logprobs = F.log_softmax(logits.flatten(0, 1), dim=-1, dtype=torch.float32)  # (N, V)
+    nll = F.nll_loss(logprobs, target, ignore_index=PAD_ID, reduction="sum")
     if smoothing:
-        # The plain NLL is only reported: no graph for it.
-        with torch.no_grad():
-            nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
+        # Cross-entropy against (1 - s) * one-hot + s / V: the uniform part is the mean
+        # negative log-probability over the vocabulary (what F.cross_entropy's smoothing adds).
+        uniform = -(logprobs.sum(-1) * keep).sum() / logprobs.shape[-1]
+        loss = (1 - smoothing) * nll + smoothing * uniform
+        nll = nll.detach()  # the plain NLL is only reported
     else:
-        nll = loss.detach()
-    return loss, nll, (target != PAD_ID).sum()
+        loss, nll = nll, nll.detach()
+    return loss, nll, keep.sum()
 
 
 def build_optimizer(

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from s2s import storage
 from s2s.batching import collate, prefetch, to_device
@@ -109,6 +110,29 @@ def test_loss_returns_tensors_without_reading_the_device():
     loss, nll, n = label_smoothed_loss(logits, target, 0.1)
     assert all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in (loss, nll, n))
     assert int(n) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_is_cross_entropy_with_label_smoothing(dtype):
+    """One log-softmax serves both numbers: the loss and its gradient are F.cross_entropy's."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=dtype, requires_grad=True)
+    target = torch.tensor([[4, 5, 0, 0, 0], [6, 7, 8, 9, 1], [2, 0, 0, 0, 0]])
+    ref_logits = logits.detach().float().requires_grad_()
+    for smoothing in (0.0, 0.1):
+        loss, nll, n = label_smoothed_loss(logits, target, smoothing)
+        args = (ref_logits.flatten(0, 1), target.flatten())
+        expected = F.cross_entropy(
+            *args, ignore_index=0, label_smoothing=smoothing, reduction="sum"
+        )
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(nll, F.cross_entropy(*args, ignore_index=0, reduction="sum"))
+        assert int(n) == 8 and not nll.requires_grad
+        (grad,) = torch.autograd.grad(loss, logits)
+        (ref_grad,) = torch.autograd.grad(expected, ref_logits)
+        assert grad.dtype == dtype
+        atol = 1e-2 if dtype == torch.bfloat16 else 1e-6  # bf16: the gradient's rounding
+        torch.testing.assert_close(grad.float(), ref_grad, atol=atol, rtol=0)
 
 
 def test_to_device_keeps_values_and_dtypes():

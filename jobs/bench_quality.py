@@ -93,7 +93,7 @@ def run_s2s(preset: str, data: str, test: str, work: Path, budget: float, train_
     run = work / preset
     if train_it:
         shutil.rmtree(run, ignore_errors=True)
-        # One worker, the defaults: it computes on all the cores.
+        # The recipe's workers share the node's cores (the defaults).
         cfg = dataclasses.replace(recipe(preset), data=data, output=str(run), max_time_min=budget)
         train(cfg)
     metrics = read_metrics(str(run))
@@ -240,8 +240,10 @@ class MarianBaseline:
             table = read_shard(data, shard["path"], ["src_ids", "tgt_ids"])
             self.pairs += zip(table["src_ids"].to_pylist(), table["tgt_ids"].to_pylist())
         self.lengths = [max(len(s), len(t)) + 1 for s, t in self.pairs]  # padded width, as s2s's
-        # As many sentences a batch as s2s's token budget holds at the mean width: steps alike.
-        self.batch = max(1, round(recipe.max_tokens * len(self.lengths) / sum(self.lengths)))
+        # As many sentences a batch as s2s's token budget of a step (over all its workers) holds
+        # at the mean width: steps alike.
+        per_step = recipe.max_tokens * recipe.worker_range()[1] * recipe.update_freq
+        self.batch = max(1, round(per_step * len(self.lengths) / sum(self.lengths)))
         self.model = None
         self.retries = 0  # sentences decoded again unmasked (a sentinel lost, doubled, invented)
 

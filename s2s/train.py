@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from ray.train import (
     RunConfig,
     ScalingConfig,
 )
+from torch.nn.parallel import DistributedDataParallel
 
 from s2s import cluster, storage
 from s2s.batching import collate, prefetch, to_device
@@ -175,6 +177,14 @@ def _valid_subset(cfg: TrainConfig, manifest: dict) -> list[ValidPair]:
     return subset
 
 
+# torch 2.13 renamed DDP's broadcast_buffers (and warns in every worker's log on the old name).
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
 def _train_worker(config: dict) -> None:
     """The per-worker loop (runs on every Ray Train worker)."""
     cfg: TrainConfig = config["cfg"]
@@ -193,7 +203,7 @@ def _train_worker(config: dict) -> None:
     # The model is on its device already; DDP need not re-send the constant buffers (the
     # sinusoidal position table) to every rank before every forward pass.
     ddp = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"broadcast_buffers": False}
+        model, move_to_device=False, parallel_strategy_kwargs=_NO_BUFFER_SYNC
     )
     plan = EpochPlan(
         cfg.data, config["shards"], cfg.shuffle, cfg.shuffle_buffer, cfg.max_tokens, cfg.seed

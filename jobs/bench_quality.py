@@ -59,8 +59,8 @@ from s2s.manifest import read_manifest
 from s2s.objective import lr_multiplier
 from s2s.placeholders import (
     PLACEHOLDER,
-    SENTINELS,
     Masked,
+    hold_sentinels,
     mask,
     mask_pair,
     restore_outputs,
@@ -234,7 +234,7 @@ class MarianBaseline:
         self.precision = resolve_precision(recipe.precision, self.device)
         self.decode_precision = resolve_precision(recipe.precision, self.device, cpu_bf16=False)
         # The shards' ids hold sentinels where prepare masked placeholders: decode as s2s does.
-        self.protect = self.tokenizer.has_pieces(SENTINELS)
+        self.protect = hold_sentinels(self.tokenizer)
         self.pairs = []
         for shard in manifest["shards"]["train"]:
             table = read_shard(data, shard["path"], ["src_ids", "tgt_ids"])

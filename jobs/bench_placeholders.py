@@ -5,14 +5,15 @@ machine's catalogs: jobs/benchcorpus.py) is prepared twice: with ``protect_place
 default: placeholders found on both sides of a pair become sentinels, which the tokenizer keeps
 as single pieces) and without (placeholders spelled as ordinary pieces, s2s before protection).
 transformer-small is trained on each with the bench_quality recipe for the same number of steps
-(not wall-clock: the two arms then get the same training whatever else runs on the machine), and
-each is scored on the whole test split by ``s2s evaluate`` with the defaults users get (beam 4,
-length penalty 1.0): BLEU and chrF on every sentence, and on the sentences whose source holds a
-placeholder their fidelity (the multiset kept exactly: s2s.placeholders) and BLEU/chrF. The
+(not wall-clock: the two arms then get the same training whatever else runs on the machine; by
+default as many as hold 2.4M tokens of batch budget, the 600 steps of 4,000 of the measured
+run), and each is scored on the whole test split by ``s2s evaluate`` with the defaults users get
+(beam 4, length penalty 1.0): BLEU and chrF on every sentence, and on the sentences whose source
+holds a placeholder their fidelity (the multiset kept exactly: s2s.placeholders) and BLEU/chrF. The
 protected arm also reports how many of those sentences were masked, and how many came back with a
 sentinel lost, doubled or invented and were translated again unmasked.
 
-    python jobs/bench_placeholders.py [--steps 600] [--lang de] [--arms protected,unprotected]
+    python jobs/bench_placeholders.py [--steps N] [--lang de] [--arms protected,unprotected]
                                       [--score-only]
 
 ``--score-only`` scores the checkpoints an earlier run trained (after a change to decoding, say)
@@ -41,6 +42,9 @@ from s2s.translator import Translator
 
 RECIPE = Path(__file__).resolve().parent / "configs" / "quality" / "transformer-small.yaml"
 ARMS = {"protected": True, "unprotected": False}
+# Tokens of batch budget each arm trains on by default (600 steps of 4,000, the measured run),
+# so the arms train as much whatever the recipe's tokens per step.
+ARM_TOKENS = 2_400_000
 
 
 def run_arm(name: str, data: str, work: Path, steps: int, limit: int, trained: dict | None) -> dict:
@@ -50,6 +54,8 @@ def run_arm(name: str, data: str, work: Path, steps: int, limit: int, trained: d
     if trained is None:
         shutil.rmtree(run, ignore_errors=True)
         cfg = train_config(yaml.safe_load(RECIPE.read_text()))
+        per_step = cfg.max_tokens * cfg.worker_range()[1] * cfg.update_freq
+        steps = steps or round(ARM_TOKENS / per_step)
         cfg = dataclasses.replace(cfg, data=data, output=str(run), max_steps=steps)
         started = time.perf_counter()
         train(cfg)
@@ -95,7 +101,12 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps per arm")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help=f"training steps per arm (default: {ARM_TOKENS:,} tokens of batch budget)",
+    )
     parser.add_argument("--lang", default="de")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--limit", type=int, default=0, help="test pairs scored (0: all)")
